@@ -1,0 +1,174 @@
+"""The catalog: datasets, model versions (the registry) and predictions."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Visibility(models.TextChoices):
+    PRIVATE = "private", "Private (owner and staff)"
+    PUBLIC = "public", "Public (every user)"
+
+
+class OwnedQuerySet(models.QuerySet):
+    def visible_to(self, user):
+        """Rows a user may see: their own and public/built-in ones; staff see everything."""
+        if not user or not user.is_authenticated:
+            return self.none()
+        if user.is_staff:
+            return self
+        return self.filter(Q(owner=user) | Q(visibility=Visibility.PUBLIC))
+
+
+class Dataset(models.Model):
+    class Task(models.TextChoices):
+        MULTI_CLASS = "multi-class", "Multi-class"
+        BINARY = "binary", "Binary"
+
+    class Source(models.TextChoices):
+        MEDMNIST = "medmnist", "MedMNIST (official)"
+        NPZ = "npz", "Uploaded .npz"
+        IMAGE_ZIP = "zip", "Uploaded zip of class folders"
+
+    name = models.CharField(max_length=120)
+    slug = models.SlugField(max_length=140, unique=True)
+    description = models.TextField(blank=True)
+    modality = models.CharField(max_length=80, blank=True)
+    task = models.CharField(max_length=20, choices=Task.choices)
+    class_names = models.JSONField()
+    channels = models.PositiveSmallIntegerField()
+    image_height = models.PositiveIntegerField()
+    image_width = models.PositiveIntegerField()
+    split_counts = models.JSONField(help_text="Images per split: {train, val, test}.")
+    class_counts = models.JSONField(help_text="Per split, images per class index.")
+    data_file = models.FileField(upload_to="datasets/", max_length=255)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    size_bytes = models.BigIntegerField(default=0)
+    source = models.CharField(max_length=20, choices=Source.choices)
+    source_detail = models.CharField(max_length=255, blank=True)
+    source_preprocessing = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="How source images became the stored arrays (crop, resize filter, channels).",
+    )
+    license = models.CharField(max_length=120, blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+        related_name="datasets",
+    )
+    is_builtin = models.BooleanField(default=False)
+    visibility = models.CharField(
+        max_length=10, choices=Visibility.choices, default=Visibility.PRIVATE
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = OwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-is_builtin", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source_detail"],
+                condition=Q(is_builtin=True),
+                name="unique_builtin_dataset_source",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_height, self.image_width, self.channels)
+
+    @property
+    def total_images(self) -> int:
+        return sum(self.split_counts.values())
+
+    def class_balance_rows(self) -> list[dict]:
+        """One row per class with its count in each split, for tables."""
+        return [
+            {
+                "index": i,
+                "name": name,
+                "counts": {split: self.class_counts[split][i] for split in self.class_counts},
+                "total": sum(self.class_counts[split][i] for split in self.class_counts),
+            }
+            for i, name in enumerate(self.class_names)
+        ]
+
+
+class ModelVersion(models.Model):
+    """A trained model in the registry: one immutable artifact plus what is known about it."""
+
+    name = models.CharField(max_length=120, help_text="Models with one name form a lineage.")
+    version = models.PositiveIntegerField()
+    architecture = models.CharField(max_length=60)
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="model_versions")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+        related_name="model_versions",
+    )
+    visibility = models.CharField(
+        max_length=10, choices=Visibility.choices, default=Visibility.PRIVATE
+    )
+    artifact = models.FileField(upload_to="models/", max_length=255)
+    sha256 = models.CharField(max_length=64)
+    config = models.JSONField(default=dict)
+    metrics = models.JSONField(default=dict, blank=True, help_text="Test split, once.")
+    val_metrics = models.JSONField(default=dict, blank=True)
+    history = models.JSONField(default=list, blank=True)
+    num_params = models.BigIntegerField(default=0)
+    train_seconds = models.FloatField(default=0)
+    decision_threshold = models.FloatField(null=True, blank=True)
+    manifest = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = OwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "version"], name="unique_model_name_version")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.metrics.get("accuracy")
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.val_metrics.get("accuracy")
+
+
+class Prediction(models.Model):
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="predictions"
+    )
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.CASCADE, related_name="predictions"
+    )
+    image = models.FileField(upload_to="uploads/", max_length=255)
+    image_sha256 = models.CharField(max_length=64)
+    original_name = models.CharField(max_length=255, blank=True)
+    predicted_index = models.PositiveSmallIntegerField()
+    predicted_label = models.CharField(max_length=255)
+    probabilities = models.JSONField()
+    warnings = models.JSONField(default=list, blank=True)
+    latency_ms = models.FloatField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.predicted_label} ({self.model_version})"

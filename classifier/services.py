@@ -1,0 +1,273 @@
+"""Writes to the catalog. Views, API, admin, commands and tasks call these; nothing else writes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.utils.text import slugify
+
+from classifier.models import Dataset, Visibility
+from medml import dataset_io
+from medml.data import DatasetArrays
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+# How the MedMNIST v2 paper says each 2D dataset's source images became its arrays. Uploads at a
+# larger size go through the same path before classification.
+MEDMNIST_PREPROCESSING = {
+    "bloodmnist": {"crop": "center 200x200 of the 360x363 source", "resize": "bilinear",
+                   "channels": 3, "modality": "Blood cell microscopy"},
+    "breastmnist": {"crop": "none (full frame)", "resize": "bilinear", "channels": 1,
+                    "modality": "Breast ultrasound"},
+    "pathmnist": {"crop": "none", "resize": "bilinear", "channels": 3, "modality": "Colon pathology"},
+    "chestmnist": {"crop": "none", "resize": "bilinear", "channels": 1, "modality": "Chest X-ray"},
+    "dermamnist": {"crop": "none", "resize": "bilinear", "channels": 3,
+                   "modality": "Dermatoscope"},
+    "octmnist": {"crop": "center square", "resize": "bilinear", "channels": 1,
+                 "modality": "Retinal OCT"},
+    "pneumoniamnist": {"crop": "center square", "resize": "bilinear", "channels": 1,
+                       "modality": "Chest X-ray"},
+    "retinamnist": {"crop": "center square", "resize": "bilinear", "channels": 3,
+                    "modality": "Fundus camera"},
+    "tissuemnist": {"crop": "none", "resize": "bilinear", "channels": 1,
+                    "modality": "Kidney cortex microscopy"},
+    "organamnist": {"crop": "none", "resize": "bilinear", "channels": 1, "modality": "Abdominal CT"},
+    "organcmnist": {"crop": "none", "resize": "bilinear", "channels": 1, "modality": "Abdominal CT"},
+    "organsmnist": {"crop": "none", "resize": "bilinear", "channels": 1, "modality": "Abdominal CT"},
+}
+
+
+class DatasetImportError(Exception):
+    """An import that stored nothing; the message says why, for the user."""
+
+
+def import_limits() -> dataset_io.ImportLimits:
+    return dataset_io.ImportLimits(
+        max_members=settings.DATASET_IMPORT_MAX_MEMBERS,
+        max_total_bytes=settings.DATASET_IMPORT_MAX_TOTAL_BYTES,
+    )
+
+
+def _unique_slug(name: str) -> str:
+    base = slugify(name)[:120] or "dataset"
+    slug, n = base, 1
+    while Dataset.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+def _task_for(arrays: DatasetArrays) -> str:
+    return Dataset.Task.BINARY if arrays.num_classes == 2 else Dataset.Task.MULTI_CLASS
+
+
+def _read_arrays(
+    source: BinaryIO, *, filename: str, class_names: list[str] | None, seed: int,
+    image_size: int | None, progress: Progress | None,
+) -> tuple[DatasetArrays, dict | None]:
+    """Parse an upload; returns the arrays and, for official MedMNIST files, their metadata."""
+    suffix = Path(filename).suffix.lower()
+    if suffix == ".npz":
+        parsed = dataset_io.parse_medmnist_filename(Path(filename).name)
+        info = dataset_io.medmnist_info(parsed[0]) if parsed else None
+        names = class_names or (info["class_names"] if info else None)
+        return dataset_io.load_medmnist_npz(source, class_names=names, limits=import_limits()), info
+    if suffix == ".zip":
+        arrays = dataset_io.load_image_folder_zip(
+            source, limits=import_limits(), seed=seed, image_size=image_size, progress=progress
+        )
+        if class_names and len(class_names) != arrays.num_classes:
+            raise dataset_io.DatasetFormatError(
+                f"{len(class_names)} class names were given but the archive has "
+                f"{arrays.num_classes} class folders"
+            )
+        if class_names:
+            arrays.class_names = list(class_names)
+        return arrays, None
+    raise dataset_io.DatasetFormatError(
+        f"unsupported file type '{suffix or filename}': upload a MedMNIST-style .npz or a .zip "
+        "of class-named image folders"
+    )
+
+
+@transaction.atomic
+def _create_dataset_row(**fields) -> Dataset:
+    return Dataset.objects.create(**fields)
+
+
+def dataset_import(
+    *,
+    source: BinaryIO,
+    filename: str,
+    owner,
+    name: str = "",
+    description: str = "",
+    visibility: str = Visibility.PRIVATE,
+    class_names: list[str] | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+    builtin: bool = False,
+    source_preprocessing: dict | None = None,
+    progress: Progress | None = None,
+) -> Dataset:
+    """Validate an uploaded dataset file, store it in the platform format and record it.
+
+    Accepts the official MedMNIST ``.npz`` layout or a ``.zip`` of class-named image folders.
+    Raises ``DatasetImportError`` with a reason and stores nothing when the input is bad.
+    """
+    try:
+        arrays, info = _read_arrays(
+            source, filename=filename, class_names=class_names, seed=seed,
+            image_size=image_size, progress=progress,
+        )
+    except dataset_io.DatasetFormatError as exc:
+        raise DatasetImportError(f"{filename}: {exc}") from exc
+
+    # Official files with nothing extra are kept byte for byte, so their sha256 matches the
+    # published one; anything else is rewritten in the official layout.
+    if arrays.extra.get("official_keys_only"):
+        source.seek(0)
+        payload: BinaryIO = source
+    else:
+        payload = io.BytesIO()
+        dataset_io.save_dataset_npz(arrays, payload)
+        payload.seek(0)
+    digest = dataset_io.sha256_of(payload)
+    payload.seek(0, io.SEEK_END)
+    size_bytes = payload.tell()
+    payload.seek(0)
+
+    flag = info["flag"] if info else ""
+    preprocessing = source_preprocessing or MEDMNIST_PREPROCESSING.get(flag, {})
+    display_name = name or Path(filename).stem
+    stored_name = default_storage.save(f"datasets/{digest[:16]}.npz", File(payload))
+    try:
+        return _create_dataset_row(
+            name=display_name[:120],
+            slug=_unique_slug(display_name),
+            description=description or (info["description"] if info else ""),
+            modality=preprocessing.get("modality", ""),
+            task=_task_for(arrays),
+            class_names=list(arrays.class_names),
+            channels=arrays.channels,
+            image_height=arrays.image_shape[0],
+            image_width=arrays.image_shape[1],
+            split_counts=arrays.split_counts(),
+            class_counts=arrays.class_counts(),
+            data_file=stored_name,
+            sha256=digest,
+            size_bytes=size_bytes,
+            source=(Dataset.Source.MEDMNIST if info else
+                    Dataset.Source.NPZ if filename.lower().endswith(".npz") else
+                    Dataset.Source.IMAGE_ZIP),
+            source_detail=(Path(filename).name if builtin else Path(filename).name[:255]),
+            source_preprocessing=preprocessing,
+            license=(info or {}).get("license", ""),
+            owner=None if builtin else owner,
+            is_builtin=builtin,
+            visibility=Visibility.PUBLIC if builtin else visibility,
+        )
+    except Exception:
+        default_storage.delete(stored_name)  # no orphan file when the row cannot be written
+        raise
+
+
+def dataset_delete(*, dataset: Dataset) -> None:
+    """Delete a dataset and its stored file. Refused while models or jobs refer to it."""
+    if dataset.model_versions.exists():
+        raise DatasetImportError("this dataset has trained models; delete them first")
+    file_name = dataset.data_file.name
+    with transaction.atomic():
+        dataset.delete()
+        transaction.on_commit(lambda: default_storage.delete(file_name))
+
+
+# --- MedMNIST built-ins ------------------------------------------------------------------------
+
+
+def medmnist_filename(flag: str, size: int = 28) -> str:
+    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+
+
+def _download_medmnist(flag: str, size: int, target: Path, timeout: float) -> None:
+    """Fetch an official file from the address in the ``medmnist`` package's metadata."""
+    info = dataset_io.medmnist_info(flag)
+    if not info:
+        raise DatasetImportError(f"'{flag}' is not a MedMNIST 2D dataset")
+    url, md5 = info["urls"].get(size), info["md5s"].get(size)
+    if not url:
+        raise DatasetImportError(f"MedMNIST publishes no {size}x{size} file for '{flag}'")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:  # noqa: S310
+            hasher = hashlib.md5()  # noqa: S324 - the published checksum is MD5
+            while chunk := response.read(1 << 20):
+                hasher.update(chunk)
+                out.write(chunk)
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        target.unlink(missing_ok=True)
+        raise DatasetImportError(
+            f"could not download {flag} ({url}): {exc}. Offline? Put the official "
+            f"{medmnist_filename(flag, size)} in the folder named by MEDMNIST_DIR."
+        ) from exc
+    if md5 and hasher.hexdigest() != md5:
+        target.unlink(missing_ok=True)
+        raise DatasetImportError(f"downloaded {flag} has MD5 {hasher.hexdigest()}, expected {md5}")
+
+
+def builtin_dataset_import(
+    *, flag: str, size: int = 28, folder: str | Path | None = None, download: bool = True,
+    progress: Progress | None = None,
+) -> tuple[Dataset, bool]:
+    """Import an official MedMNIST dataset as a built-in visible to every user.
+
+    Looks in ``folder`` (``MEDMNIST_DIR``) first, then downloads when allowed. Returns the dataset
+    and whether it was created (an identical built-in already present is reused).
+    """
+    filename = medmnist_filename(flag, size)
+    folder = Path(folder or settings.MEDMNIST_DIR)
+    local = folder / filename
+    with contextlib.ExitStack() as stack:
+        if not local.is_file():
+            if not download:
+                raise DatasetImportError(f"{filename} not found in {folder}")
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory())) / filename
+            _download_medmnist(flag, size, tmp, settings.MEDMNIST_DOWNLOAD_TIMEOUT)
+            local = tmp
+        digest = dataset_io.sha256_of(local)
+        existing = Dataset.objects.filter(is_builtin=True, source_detail=filename).first()
+        if existing and existing.sha256 == digest:
+            return existing, False
+        if existing:
+            raise DatasetImportError(
+                f"built-in {filename} already exists with different contents "
+                f"({existing.sha256[:12]} vs {digest[:12]}); delete it first to replace it"
+            )
+        with open(local, "rb") as fh:
+            try:
+                dataset = dataset_import(
+                    source=fh, filename=filename, owner=None, builtin=True, progress=progress,
+                    name=_medmnist_title(flag, size),
+                )
+            except IntegrityError:  # imported concurrently by another process
+                return Dataset.objects.get(is_builtin=True, source_detail=filename), False
+        return dataset, True
+
+
+def _medmnist_title(flag: str, size: int) -> str:
+    title = flag.removesuffix("mnist").capitalize() + "MNIST"  # the package's class naming
+    return title if size == 28 else f"{title} ({size}x{size})"

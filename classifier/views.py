@@ -1,0 +1,41 @@
+"""HTML pages of the catalog. Thin: they read through selectors and write through services."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import render
+
+from classifier import selectors
+from classifier.models import Visibility
+
+
+@login_required
+def dataset_list(request):
+    return render(request, "classifier/dataset_list.html", {
+        "datasets": selectors.datasets_visible_to(user=request.user),
+    })
+
+
+@login_required
+def dataset_import_page(request):
+    # The form posts to the REST API with the session's CSRF token, so the page can show upload
+    # progress; errors come back as the API's field messages.
+    return render(request, "classifier/dataset_import.html", {
+        "visibility_choices": Visibility.choices,
+        "can_publish": request.user.is_staff,
+    })
+
+
+@login_required
+def dataset_detail(request, pk: int):
+    dataset = selectors.dataset_get_for_user(user=request.user, pk=pk)
+    split = request.GET.get("split", "train")
+    if split not in dataset.split_counts:
+        split = "train"
+    return render(request, "classifier/dataset_detail.html", {
+        "dataset": dataset,
+        "balance": dataset.class_balance_rows(),
+        "splits": list(dataset.split_counts),
+        "split": split,
+        "grid": selectors.dataset_sample_grid(dataset=dataset, split=split, per_class=8),
+    })

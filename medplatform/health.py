@@ -1,0 +1,58 @@
+"""``/healthz``: database, broker and worker status as JSON (503 when the platform cannot work)."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.db import connection
+from django.http import JsonResponse
+from django.views.decorators.cache import never_cache
+from kombu import Connection
+
+from medplatform.celery import app as celery_app
+
+
+def _timed(check) -> dict:
+    started = time.perf_counter()
+    try:
+        detail = check()
+        ok = True
+    except Exception as exc:  # a health check reports every failure instead of raising it
+        detail, ok = f"{type(exc).__name__}: {exc}", False
+    return {"ok": ok, "detail": detail, "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def _database() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+    return connection.vendor
+
+
+def _broker() -> str:
+    with Connection(settings.CELERY_BROKER_URL, connect_timeout=2) as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+        return conn.transport_cls if isinstance(conn.transport_cls, str) else "redis"
+
+
+def _workers() -> list[str]:
+    replies = celery_app.control.ping(timeout=1.0) or []
+    names = sorted(name for reply in replies for name in reply)
+    if not names:
+        raise RuntimeError("no worker answered within 1 s")
+    return names
+
+
+@never_cache
+def healthz(request):
+    checks = {"database": _timed(_database), "broker": _timed(_broker)}
+    checks["workers"] = _timed(_workers) if checks["broker"]["ok"] else {
+        "ok": False, "detail": "broker unreachable", "ms": 0,
+    }
+    # Web requests work without a worker (jobs wait in the queue), so workers don't fail the check.
+    healthy = checks["database"]["ok"] and checks["broker"]["ok"]
+    return JsonResponse(
+        {"status": "ok" if healthy else "unavailable", "checks": checks},
+        status=200 if healthy else 503,
+    )

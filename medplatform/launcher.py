@@ -1,0 +1,112 @@
+"""Run the whole platform on one machine: ``python -m medplatform.launcher`` (``make run``).
+
+Migrates, creates the first admin, starts the embedded Redis server when no ``REDIS_URL`` is set,
+imports the MedMNIST datasets it can find, then runs a Celery worker (with the beat scheduler) and
+the web server. Ctrl-C stops every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from medplatform.env import BASE_DIR, embedded_redis_socket, uses_embedded_redis, var_dir
+
+PYTHON = sys.executable
+
+
+def _manage(*args: str, check: bool = True) -> int:
+    result = subprocess.run([PYTHON, str(BASE_DIR / "manage.py"), *args], cwd=BASE_DIR)
+    if check and result.returncode != 0:
+        raise SystemExit(f"'manage.py {' '.join(args)}' failed with exit code {result.returncode}")
+    return result.returncode
+
+
+def _spawn(name: str, command: list[str]) -> subprocess.Popen:
+    print(f"  starting {name}: {' '.join(command)}", flush=True)
+    # A session of its own per child, so shutdown can signal the child and everything it forked.
+    return subprocess.Popen(command, cwd=BASE_DIR, start_new_session=True)
+
+
+def _stop(processes: dict[str, subprocess.Popen], grace: float = 10.0) -> None:
+    for proc in processes.values():
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for name, proc in processes.items():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"  {name} did not stop in {grace:.0f} s; killing it", flush=True)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the group (pool children)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def main() -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medplatform.settings")
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = os.environ.get("PORT", "8000")
+    data = var_dir()
+
+    redis = None
+    if uses_embedded_redis():
+        from medplatform.embedded_redis import EmbeddedRedis
+
+        redis = EmbeddedRedis(embedded_redis_socket(data)).start()
+        print(f"Embedded Redis running at {redis.socket_path}", flush=True)
+    else:
+        print("Using the Redis server at REDIS_URL", flush=True)
+
+    processes: dict[str, subprocess.Popen] = {}
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        _manage("migrate", "--noinput")
+        _manage("collectstatic", "--noinput", "-v", "0")
+        _manage("ensure_admin")
+        print("Importing MedMNIST datasets (MEDMNIST_DIR, else the official download)…", flush=True)
+        _manage("import_medmnist", "--all", "--keep-going", check=False)
+        processes["worker"] = _spawn("Celery worker", [
+            PYTHON, "-m", "celery", "-A", "medplatform", "worker", "--beat",
+            "--queues", "default,training,inference", "--concurrency",
+            os.environ.get("WORKER_CONCURRENCY", "2"), "--loglevel", "INFO",
+            "--schedule", str(data / "celerybeat-schedule"), "--hostname", "embedded@%h",
+        ])
+        processes["web"] = _spawn("web server", [
+            PYTHON, "-m", "gunicorn", "medplatform.wsgi:application", "--bind", f"{host}:{port}",
+            "--workers", os.environ.get("WEB_WORKERS", "2"), "--threads", "4",
+            "--timeout", "300", "--access-logfile", "-",
+        ])
+        print(f"\nMedPlatform is running at http://{host}:{port}/  (Ctrl-C stops everything)\n",
+              flush=True)
+        while True:
+            for name, proc in processes.items():
+                if proc.poll() is not None:
+                    print(f"{name} exited with code {proc.returncode}; stopping.", flush=True)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nStopping…", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup short
+        _stop(processes)
+        if redis:
+            redis.stop()
+        print("Stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
