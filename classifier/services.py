@@ -19,7 +19,7 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
-from classifier.models import Dataset, Visibility
+from classifier.models import Dataset, ModelVersion, Visibility
 from medml import dataset_io
 from medml.data import DatasetArrays
 
@@ -271,3 +271,77 @@ def builtin_dataset_import(
 def _medmnist_title(flag: str, size: int) -> str:
     title = flag.removesuffix("mnist").capitalize() + "MNIST"  # the package's class naming
     return title if size == 28 else f"{title} ({size}x{size})"
+
+
+# --- Model registry -----------------------------------------------------------------------------
+
+
+class ArtifactIntegrityError(Exception):
+    """A model artifact whose bytes no longer match the sha256 recorded when it was registered."""
+
+
+def _next_version(name: str) -> int:
+    latest = ModelVersion.objects.filter(name=name).order_by("-version").first()
+    return latest.version + 1 if latest else 1
+
+
+def model_version_register(
+    *,
+    name: str,
+    architecture: str,
+    dataset: Dataset,
+    owner,
+    artifact_path: Path,
+    config: dict,
+    metrics: dict | None = None,
+    val_metrics: dict | None = None,
+    history: list | None = None,
+    num_params: int = 0,
+    train_seconds: float = 0.0,
+    manifest: dict | None = None,
+) -> ModelVersion:
+    """Store a trained ``.keras`` artifact and record it as the next version of ``name``.
+
+    Must be called inside the caller's transaction when it links the model to something else
+    (a training job), so that both rows appear together or not at all.
+    """
+    digest = dataset_io.sha256_of(artifact_path)
+    with open(artifact_path, "rb") as fh:
+        stored = default_storage.save(f"models/{digest[:16]}.keras", File(fh))
+    try:
+        for _ in range(5):  # two registrations of one name may race for a version number
+            try:
+                with transaction.atomic():
+                    return ModelVersion.objects.create(
+                        name=name[:120], version=_next_version(name), architecture=architecture,
+                        dataset=dataset, owner=owner, artifact=stored, sha256=digest,
+                        config=config, metrics=metrics or {}, val_metrics=val_metrics or {},
+                        history=history or [], num_params=num_params,
+                        train_seconds=train_seconds, manifest=manifest or {},
+                    )
+            except IntegrityError:
+                continue
+        raise RuntimeError(f"could not allocate a version number for model '{name}'")
+    except Exception:
+        default_storage.delete(stored)
+        raise
+
+
+def model_artifact_local_path(*, model_version: ModelVersion, cache_dir: Path) -> Path:
+    """A verified local copy of the artifact; raises ArtifactIntegrityError when tampered with."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    local = cache_dir / f"{model_version.sha256}.keras"
+    if not local.exists():
+        tmp = local.with_suffix(".part")
+        with model_version.artifact.open("rb") as src, open(tmp, "wb") as out:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+        tmp.replace(local)
+    actual = dataset_io.sha256_of(local)
+    if actual != model_version.sha256:
+        local.unlink(missing_ok=True)
+        raise ArtifactIntegrityError(
+            f"artifact of {model_version} has sha256 {actual[:16]}…, expected "
+            f"{model_version.sha256[:16]}…; refusing to load it"
+        )
+    return local

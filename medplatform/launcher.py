@@ -7,6 +7,7 @@ the web server. Ctrl-C stops every process it started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,10 +35,8 @@ def _spawn(name: str, command: list[str]) -> subprocess.Popen:
 def _stop(processes: dict[str, subprocess.Popen], grace: float = 10.0) -> None:
     for proc in processes.values():
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     deadline = time.monotonic() + grace
     for name, proc in processes.items():
         try:

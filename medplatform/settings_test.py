@@ -9,7 +9,7 @@ import tempfile
 
 os.environ.setdefault("MEDPLATFORM_VAR_DIR", tempfile.mkdtemp(prefix="medplatform-test-"))
 
-from medplatform.settings import *  # noqa: E402,F403
+from medplatform.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Unit tests run tasks inline; tests that exercise a real worker switch this off.

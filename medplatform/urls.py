@@ -5,8 +5,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
-from medplatform import views as site_views
 from classifier.api.views import DatasetViewSet, ModelVersionViewSet
+from medplatform import views as site_views
 from medplatform.health import healthz
 
 router = DefaultRouter()

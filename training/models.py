@@ -54,6 +54,9 @@ class TrainingJob(models.Model):
     device = models.CharField(max_length=200, blank=True)
     worker_host = models.CharField(max_length=200, blank=True)
     worker_pid = models.PositiveIntegerField(null=True, blank=True)
+    claim_token = models.CharField(
+        max_length=32, blank=True, help_text="Identifies the worker run that holds the job."
+    )
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     deliveries = models.PositiveIntegerField(default=0, help_text="Times a worker claimed it.")
     created_at = models.DateTimeField(auto_now_add=True)

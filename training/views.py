@@ -1,0 +1,77 @@
+"""Training pages: launch, list, watch, cancel, retry."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from training import selectors, services
+from training.forms import TrainingLaunchForm
+
+
+@login_required
+def job_list(request):
+    return render(request, "training/job_list.html", {
+        "jobs": selectors.training_jobs_visible_to(user=request.user)[:200], "nav": "jobs",
+    })
+
+
+@login_required
+def job_new(request):
+    from medml.config import PRESETS, ConfigError
+
+    form = TrainingLaunchForm(request.POST or None, user=request.user,
+                              initial={"dataset": request.GET.get("dataset")})
+    if request.method == "POST" and form.is_valid():
+        try:
+            job, _ = services.training_job_create(
+                owner=request.user, dataset=form.cleaned_data["dataset"],
+                preset=form.cleaned_data["preset"], config=form.config_overrides(),
+                name=form.cleaned_data["name"],
+            )
+        except ConfigError as exc:
+            for field, errors in exc.errors.items():
+                target = field.split(".")[-1] if field.split(".")[-1] in form.fields else None
+                for error in errors:
+                    form.add_error(target, error if target else f"{field}: {error}")
+        else:
+            messages.success(request, f"Queued training job #{job.pk}.")
+            return redirect("job-detail", pk=job.pk)
+    return render(request, "training/job_new.html", {
+        "form": form, "presets": PRESETS.values(), "nav": "jobs",
+    })
+
+
+@login_required
+def job_detail(request, pk: int):
+    job = selectors.training_job_get_for_user(user=request.user, pk=pk)
+    return render(request, "training/job_detail.html", {"job": job, "nav": "jobs"})
+
+
+@login_required
+@require_POST
+def job_cancel(request, pk: int):
+    job = selectors.training_job_get_for_user(user=request.user, pk=pk)
+    try:
+        services.training_job_cancel(job=job)
+        messages.success(request, f"Cancelling job #{job.pk}.")
+    except services.JobStateError as exc:
+        messages.error(request, str(exc))
+    if request.POST.get("next") == "list":
+        return redirect("job-list")
+    return redirect("job-detail", pk=job.pk)
+
+
+@login_required
+@require_POST
+def job_retry(request, pk: int):
+    job = selectors.training_job_get_for_user(user=request.user, pk=pk)
+    try:
+        new = services.training_job_retry(job=job)
+    except services.JobStateError as exc:
+        messages.error(request, str(exc))
+        return redirect("job-detail", pk=job.pk)
+    messages.success(request, f"Queued job #{new.pk} (attempt {new.attempt}).")
+    return redirect("job-detail", pk=new.pk)
