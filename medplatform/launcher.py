@@ -43,10 +43,8 @@ def _stop(processes: dict[str, subprocess.Popen], grace: float = 10.0) -> None:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             print(f"  {name} did not stop in {grace:.0f} s; killing it", flush=True)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the group (pool children)
-        except ProcessLookupError:
-            pass
         proc.wait()
 
 
