@@ -68,7 +68,9 @@ def main() -> int:
     def on_signal(signum, _frame):
         raise KeyboardInterrupt
 
+    # Explicit handlers: a launcher started from a script may inherit an ignored SIGINT.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         _manage("migrate", "--noinput")
         _manage("collectstatic", "--noinput", "-v", "0")

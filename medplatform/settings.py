@@ -160,13 +160,17 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
 JOB_HEARTBEAT_TIMEOUT = env.int("JOB_HEARTBEAT_TIMEOUT", default=120)
 CELERY_BEAT_SCHEDULE = {
-    "sweep-stale-jobs": {"task": "training.tasks.sweep_stale_jobs", "schedule": 30.0},
+    "sweep-stale-jobs": {
+        "task": "training.tasks.sweep_stale_jobs",
+        "schedule": env.float("JOB_SWEEP_INTERVAL", default=30.0),
+    },
 }
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
+        # Token first, so an anonymous API request gets 401 with a WWW-Authenticate header.
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -11,6 +11,10 @@ os.environ.setdefault("MEDPLATFORM_VAR_DIR", tempfile.mkdtemp(prefix="medplatfor
 
 from medplatform.settings import *  # noqa: F403
 
+# A file, not memory, so that worker processes started by tests see the same test database.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}  # noqa: F405
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Unit tests run tasks inline; tests that exercise a real worker switch this off.
 CELERY_TASK_ALWAYS_EAGER = True

@@ -1,0 +1,1 @@
+"""Benchmarks. Run ``make bench`` (all) or ``make bench BENCH=name``; see bench/README.md."""
