@@ -1,0 +1,57 @@
+"""Train one preset on one official dataset with medml, as the platform's workers do."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import load_medmnist, mean_std
+
+_DATA_CACHE: dict = {}
+
+
+def dataset(flag: str):
+    if flag not in _DATA_CACHE:
+        _DATA_CACHE[flag] = load_medmnist(flag)
+    return _DATA_CACHE[flag]
+
+
+def train_preset(preset: str, flag: str, *, seed: int, overrides: dict | None = None) -> dict:
+    """One run: the model is chosen on validation; the test split is evaluated once at the end."""
+    from medml.config import resolve_preset
+    from medml.fit import TrainingHooks, train
+
+    class Progress(TrainingHooks):
+        def on_epoch_end(self, *, epoch, total_epochs, metrics):
+            print(f"     {preset} seed {seed} epoch {epoch}/{total_epochs}: "
+                  f"val_acc {metrics.get('val_accuracy', 0):.4f} "
+                  f"val_auc {metrics.get('val_auc') or 0:.4f} ({metrics.get('seconds', 0):.1f} s)",
+                  flush=True)
+
+    config = resolve_preset(preset, {**(overrides or {}), "seed": seed})
+    data = dataset(flag)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+        result = train(config=config, data=data, workdir=Path(workdir), hooks=Progress())
+    wall = time.perf_counter() - started
+    test = result.test_metrics or {}
+    return {
+        "preset": preset, "dataset": flag, "seed": seed, "config": config.to_dict(),
+        "epochs_completed": result.epochs_completed, "best_epoch": result.best_epoch,
+        "monitor": result.monitor, "best_val": result.best_metric,
+        "val_accuracy": result.val_metrics.get("accuracy"), "val_auc": result.val_metrics.get("auc"),
+        "test_accuracy": test.get("accuracy"), "test_auc": test.get("auc"),
+        "test_balanced_accuracy": test.get("balanced_accuracy"),
+        "test_macro_f1": (test.get("macro_avg") or {}).get("f1-score"),
+        "test_weighted": test.get("weighted_avg"),
+        "train_seconds": result.train_seconds, "wall_seconds": wall,
+        "num_params": result.num_params, "device": result.device,
+    }
+
+
+def summarise(runs: list[dict]) -> dict:
+    keys = ["val_accuracy", "val_auc", "test_accuracy", "test_auc", "test_macro_f1",
+            "train_seconds"]
+    return {k: mean_std([r[k] for r in runs if r.get(k) is not None]) for k in keys
+            if any(r.get(k) is not None for r in runs)}
