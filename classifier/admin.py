@@ -1,4 +1,5 @@
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.shortcuts import redirect, render
 from django.urls import path
@@ -11,6 +12,14 @@ class DatasetUploadForm(forms.Form):
     file = forms.FileField(help_text="A MedMNIST-style .npz or a .zip of class-named folders.")
     name = forms.CharField(max_length=120, required=False)
     visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.PUBLIC)
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        if upload.size > settings.DATASET_UPLOAD_MAX_BYTES:
+            raise forms.ValidationError(
+                f"the file is {upload.size} bytes; the limit is {settings.DATASET_UPLOAD_MAX_BYTES}"
+            )
+        return upload
 
 
 @admin.register(Dataset)
@@ -51,8 +60,6 @@ class DatasetAdmin(admin.ModelAdmin):
         return render(request, "admin/classifier/dataset/import.html", context)
 
     def _import_medmnist(self, request):
-        from django.conf import settings
-
         for flag in settings.MEDMNIST_IMPORT:
             try:
                 dataset, created = services.builtin_dataset_import(flag=flag)

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from medml.data import SPLITS
+
 
 class Visibility(models.TextChoices):
     PRIVATE = "private", "Private (owner and staff)"
@@ -88,6 +90,11 @@ class Dataset(models.Model):
         return (self.image_height, self.image_width, self.channels)
 
     @property
+    def splits(self) -> list[str]:
+        """Split names in their natural order (JSON columns need not keep key order)."""
+        return [s for s in SPLITS if s in self.split_counts]
+
+    @property
     def total_images(self) -> int:
         return sum(self.split_counts.values())
 
@@ -97,8 +104,8 @@ class Dataset(models.Model):
             {
                 "index": i,
                 "name": name,
-                "counts": {split: self.class_counts[split][i] for split in self.class_counts},
-                "total": sum(self.class_counts[split][i] for split in self.class_counts),
+                "counts": [self.class_counts[split][i] for split in self.splits],
+                "total": sum(self.class_counts[split][i] for split in self.splits),
             }
             for i, name in enumerate(self.class_names)
         ]

@@ -35,7 +35,8 @@ def dataset_detail(request, pk: int):
     return render(request, "classifier/dataset_detail.html", {
         "dataset": dataset,
         "balance": dataset.class_balance_rows(),
-        "splits": list(dataset.split_counts),
+        "splits": dataset.splits,
+        "split_totals": [dataset.split_counts[s] for s in dataset.splits],
         "split": split,
         "grid": selectors.dataset_sample_grid(dataset=dataset, split=split, per_class=8),
     })

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def redis_server_binary() -> str:
@@ -33,7 +35,9 @@ def is_running(socket_path: Path) -> bool:
     if not socket_path.exists():
         return False
     try:
-        return bool(redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1).ping())
+        client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1,
+                             retry=Retry(NoBackoff(), 0))  # a dead socket must answer at once
+        return bool(client.ping())
     except (redis.RedisError, OSError):
         return False
 

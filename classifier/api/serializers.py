@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -73,6 +74,10 @@ class DatasetImportSerializer(serializers.Serializer):
             )
         if value.size == 0:
             raise serializers.ValidationError("the uploaded file is empty")
+        if value.size > settings.DATASET_UPLOAD_MAX_BYTES:
+            raise serializers.ValidationError(
+                f"the file is {value.size} bytes; the limit is {settings.DATASET_UPLOAD_MAX_BYTES}"
+            )
         return value
 
     def validate_visibility(self, value):

@@ -63,7 +63,8 @@
     $("job-error").textContent = job.error || "";
     $("cancel-form").hidden = !ACTIVE.includes(job.status);
     $("retry-form").hidden = !["failed", "cancelled"].includes(job.status);
-    if (job.model_version) {
+    // The page renders the model's name and test accuracy; keep them when it already has.
+    if (job.model_version && !$("job-model").textContent.trim()) {
       $("job-model").textContent = "Model registered (id " + job.model_version + ").";
     }
     const hist = job.history || [];
