@@ -41,7 +41,7 @@ class DatasetArrays:
         return self.image_shape[2]
 
     def split_counts(self) -> dict[str, int]:
-        return {name: int(len(labels)) for name, (_, labels) in self.splits.items()}
+        return {name: len(labels) for name, (_, labels) in self.splits.items()}
 
     def class_counts(self) -> dict[str, list[int]]:
         """Per split, the number of images of each class (index = class id)."""
