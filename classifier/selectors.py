@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from datetime import date
+from typing import TYPE_CHECKING
 
+from django.db.models import FloatField
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast
 from django.shortcuts import get_object_or_404
 
 from classifier.models import Dataset, ModelVersion, Prediction
 from medml import dataset_io
 from medml.data import DatasetArrays
+
+if TYPE_CHECKING:
+    from medml.infer import InputStats
 
 
 def datasets_visible_to(*, user):
@@ -79,3 +87,82 @@ def dataset_image_png(*, dataset: Dataset, split: str, index: int) -> bytes:
     if not 0 <= index < len(images):
         raise IndexError(index)
     return dataset_io.image_to_png_bytes(images[index])
+
+
+# --- Serving -----------------------------------------------------------------------------------
+
+
+# The alias that names a dataset's production model (see ``ModelAlias``).
+PRODUCTION_ALIAS = "production"
+
+
+def default_model_for(*, dataset: Dataset, user) -> ModelVersion | None:
+    """The model a user gets when they ask for a dataset's default.
+
+    The dataset's production model when it has one the user may see; otherwise the visible model
+    with the highest validation accuracy (the test split is kept for reporting, not for choosing),
+    newest first among equals, models with no recorded accuracy last.
+    """
+    visible = model_versions_visible_to(user=user).filter(dataset=dataset)
+    production = visible.filter(
+        aliases__dataset=dataset, aliases__name=PRODUCTION_ALIAS
+    ).first()
+    if production is not None:
+        return production
+    accuracy = Cast(KT("val_metrics__accuracy"), FloatField())
+    return visible.order_by(accuracy.desc(nulls_last=True), "-created_at", "-pk").first()
+
+
+def predictions_owned_by(*, user):
+    """A user's own prediction history (staff included: history is personal)."""
+    if not user.is_authenticated:
+        return Prediction.objects.none()
+    return Prediction.objects.filter(owner=user).select_related(
+        "model_version", "model_version__dataset"
+    )
+
+
+def prediction_history(
+    *, user, model_id: int | None = None, dataset_id: int | None = None, label: str | None = None,
+    created_from: date | None = None, created_to: date | None = None,
+):
+    """A user's own predictions, newest first, narrowed by model, dataset, label and days (UTC)."""
+    qs = predictions_owned_by(user=user)
+    if model_id is not None:
+        qs = qs.filter(model_version_id=model_id)
+    if dataset_id is not None:
+        qs = qs.filter(model_version__dataset_id=dataset_id)
+    if label:
+        qs = qs.filter(predicted_label=label)
+    if created_from is not None:
+        qs = qs.filter(created_at__date__gte=created_from)
+    if created_to is not None:
+        qs = qs.filter(created_at__date__lte=created_to)
+    return qs
+
+
+class _InputStatsCache:
+    """Training-image statistics per dataset content hash, computed once per process."""
+
+    def __init__(self):
+        self._items: dict[str, InputStats] = {}
+        self._lock = threading.Lock()
+
+    def get(self, dataset: Dataset) -> InputStats:
+        with self._lock:
+            if dataset.sha256 in self._items:
+                return self._items[dataset.sha256]
+        from medml.infer import InputStats  # TensorFlow loads only in processes that serve models
+
+        stats = InputStats.from_images(dataset_arrays(dataset=dataset).images("train"))
+        with self._lock:
+            self._items[dataset.sha256] = stats
+        return stats
+
+
+_input_stats = _InputStatsCache()
+
+
+def dataset_input_stats(*, dataset: Dataset) -> InputStats:
+    """Mean-intensity statistics of a dataset's training images, for the unusual-input check."""
+    return _input_stats.get(dataset)

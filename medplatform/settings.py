@@ -135,6 +135,12 @@ DATASET_UPLOAD_MAX_BYTES = env.int("DATASET_UPLOAD_MAX_BYTES", default=512 * 102
 DATASET_IMPORT_MAX_MEMBERS = env.int("DATASET_IMPORT_MAX_MEMBERS", default=200_000)
 DATASET_IMPORT_MAX_TOTAL_BYTES = env.int("DATASET_IMPORT_MAX_TOTAL_BYTES", default=2 * 1024**3)
 
+# Classification uploads: per request, per file, and decoded size limits.
+PREDICTION_MAX_FILES = env.int("PREDICTION_MAX_FILES", default=16)
+PREDICTION_MAX_BYTES = env.int("PREDICTION_MAX_BYTES", default=10 * 1024 * 1024)
+PREDICTION_MAX_PIXELS = env.int("PREDICTION_MAX_PIXELS", default=4096 * 4096)
+MODEL_CACHE_DIR = Path(env("MODEL_CACHE_DIR", default=str(VAR_DIR / "model-cache")))
+
 # MedMNIST: a local folder of official .npz files, or the official download when online.
 MEDMNIST_DIR = env("MEDMNIST_DIR", default=str(BASE_DIR.parent / "shared" / "data"))
 MEDMNIST_IMPORT = env.list("MEDMNIST_IMPORT", default=["bloodmnist", "breastmnist"])

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
+from classifier.api.predictions import PredictionViewSet
 from classifier.api.views import DatasetViewSet, ModelVersionViewSet
 from medplatform import views as site_views
 from medplatform.health import healthz
@@ -12,12 +13,14 @@ from medplatform.health import healthz
 router = DefaultRouter()
 router.register("datasets", DatasetViewSet, basename="dataset")
 router.register("models", ModelVersionViewSet, basename="modelversion")
+router.register("predictions", PredictionViewSet, basename="prediction")
 
 api_patterns = [
     path("auth/token/", obtain_auth_token, name="api-token"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("training.api_urls")),
+    path("", include("classifier.api.registry")),  # before the router: models/compare/ is no id
     path("", include(router.urls)),
 ]
 
@@ -29,5 +32,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_patterns)),
     path("", include("classifier.urls")),
+    path("", include("classifier.urls_registry")),
     path("", include("training.urls")),
 ]

@@ -1,0 +1,185 @@
+"""``/api/v1/predictions/``: classify images, read and delete your own prediction history."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import PurePath
+
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, parsers, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.response import Response
+
+from classifier import selectors, services, services_predict
+from classifier.models import ModelVersion, Prediction
+
+
+class PredictionModelSerializer(serializers.ModelSerializer):
+    dataset_name = serializers.CharField(source="dataset.name", read_only=True)
+    class_names = serializers.ListField(
+        source="dataset.class_names", child=serializers.CharField(), read_only=True
+    )
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "version", "architecture", "dataset", "dataset_name", "class_names"]
+        read_only_fields = fields
+
+
+class PredictionSerializer(serializers.ModelSerializer):
+    model = PredictionModelSerializer(source="model_version", read_only=True)
+    probabilities = serializers.DictField(child=serializers.FloatField(), read_only=True)
+    image_url = serializers.SerializerMethodField()
+    gradcam = serializers.SerializerMethodField(
+        help_text="Grad-CAM overlay for the predicted class as a PNG data URI; only in the "
+                  "response that created the prediction."
+    )
+
+    class Meta:
+        model = Prediction
+        fields = [
+            "id", "predicted_label", "predicted_index", "probabilities", "model", "warnings",
+            "latency_ms", "uncertainty", "gradcam", "original_name", "image_url",
+            "image_sha256", "image_content_type", "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_image_url(self, obj) -> str:
+        return f"/api/v1/predictions/{obj.pk}/image/"
+
+    def get_gradcam(self, obj) -> str | None:
+        png = getattr(obj, "gradcam_png", None)
+        return "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else None
+
+
+class PredictionCreateSerializer(serializers.Serializer):
+    images = serializers.ListField(
+        child=serializers.FileField(allow_empty_file=True, use_url=False),
+        allow_empty=False,
+        error_messages={"required": "upload at least one image", "empty": "upload at least one image"},
+        help_text="One or several PNG, JPEG, BMP or TIFF files (repeat the field).",
+    )
+    model = serializers.IntegerField(required=False, min_value=1, help_text="A model id.")
+    dataset = serializers.IntegerField(
+        required=False, min_value=1, help_text="A dataset id: its default model is used."
+    )
+    tta = serializers.BooleanField(
+        default=False, help_text="Average over mirror images and report the spread as uncertainty."
+    )
+
+    def validate(self, attrs):
+        user = self.context["request"].user
+        model_id, dataset_id = attrs.get("model"), attrs.get("dataset")
+        if model_id is None and dataset_id is None:
+            raise ValidationError({"model": ["choose a model, or a dataset to use its default model"]})
+        if model_id is not None:
+            model_version = selectors.model_versions_visible_to(user=user).filter(pk=model_id).first()
+            if model_version is None:
+                raise ValidationError(
+                    {"model": [f"model {model_id} does not exist or is not visible to you"]}
+                )
+            if dataset_id is not None and model_version.dataset_id != dataset_id:
+                raise ValidationError(
+                    {"model": [f"model {model_id} was not trained on dataset {dataset_id}"]}
+                )
+        else:
+            dataset = selectors.datasets_visible_to(user=user).filter(pk=dataset_id).first()
+            if dataset is None:
+                raise ValidationError(
+                    {"dataset": [f"dataset {dataset_id} does not exist or is not visible to you"]}
+                )
+            model_version = selectors.default_model_for(dataset=dataset, user=user)
+            if model_version is None:
+                raise ValidationError({"dataset": [f"{dataset.name} has no model you can use yet"]})
+        attrs["model_version"] = model_version
+        return attrs
+
+
+class PredictionFilterSerializer(serializers.Serializer):
+    model = serializers.IntegerField(required=False, min_value=1)
+    dataset = serializers.IntegerField(required=False, min_value=1)
+    label = serializers.CharField(required=False, max_length=255)
+    created_after = serializers.DateField(required=False, help_text="On or after this day (UTC).")
+    created_before = serializers.DateField(required=False, help_text="On or before this day (UTC).")
+
+
+_FILTER_PARAMETERS = [
+    OpenApiParameter("model", int, description="Only this model's predictions."),
+    OpenApiParameter("dataset", int, description="Only predictions of models of this dataset."),
+    OpenApiParameter("label", str, description="Only this predicted class."),
+    OpenApiParameter("created_after", OpenApiTypes.DATE, description="On or after this day."),
+    OpenApiParameter("created_before", OpenApiTypes.DATE, description="On or before this day."),
+]
+
+
+@extend_schema_view(list=extend_schema(parameters=_FILTER_PARAMETERS))
+class PredictionViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Classify images (multipart POST), and read or delete your own predictions."""
+
+    serializer_class = PredictionSerializer
+    parser_classes = [parsers.MultiPartParser, parsers.FormParser]
+
+    def get_queryset(self):
+        if self.action != "list":
+            return selectors.predictions_owned_by(user=self.request.user)
+        filters = PredictionFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        data = filters.validated_data
+        return selectors.prediction_history(
+            user=self.request.user, model_id=data.get("model"), dataset_id=data.get("dataset"),
+            label=data.get("label"), created_from=data.get("created_after"),
+            created_to=data.get("created_before"),
+        )
+
+    @extend_schema(
+        request={"multipart/form-data": PredictionCreateSerializer},
+        responses={
+            201: PredictionSerializer(many=True),
+            400: OpenApiResponse(description="Bad image, too many files, unknown model; nothing stored"),
+            409: OpenApiResponse(description="The model's artifact failed verification or cannot serve"),
+        },
+    )
+    def create(self, request, *args, **kwargs):
+        form = PredictionCreateSerializer(data=request.data, context={"request": request})
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        try:
+            predictions = services_predict.prediction_create(
+                user=request.user, model_version=data["model_version"], files=data["images"],
+                tta=data["tta"],
+            )
+        except services_predict.PredictionInputError as exc:
+            raise ValidationError({"images": exc.messages}) from exc
+        except (services.ArtifactIntegrityError, services_predict.ModelUnavailableError) as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(PredictionSerializer(predictions, many=True).data, status=status.HTTP_201_CREATED)
+
+    def destroy(self, request, *args, **kwargs):
+        services_predict.prediction_delete(prediction=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    @action(detail=True, methods=["get"])
+    def image(self, request, pk=None):
+        """The uploaded image as stored, as a download."""
+        prediction = self.get_object()
+        try:
+            handle = prediction.image.open("rb")
+        except FileNotFoundError as exc:
+            raise NotFound("the image file is missing") from exc
+        # The stored extension, not the uploaded one: it matches the content type served.
+        stem = PurePath(prediction.original_name).stem or f"prediction-{prediction.pk}"
+        filename = stem + PurePath(prediction.image.name).suffix
+        response = FileResponse(
+            handle, as_attachment=True, filename=filename,
+            content_type=prediction.image_content_type or "application/octet-stream",
+        )
+        response["X-Content-Type-Options"] = "nosniff"
+        response["Cache-Control"] = "private, max-age=3600"
+        return response

@@ -1,0 +1,96 @@
+"""HTML pages for classification: the classify form and the prediction history.
+
+The classify page posts to the REST API from ``static/js/classify.js`` (with the session's CSRF
+token) and draws the results itself; the history page is plain HTML with a filter form and a
+delete button per row.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from classifier import selectors, services_predict
+
+
+def _model_groups(user) -> list[dict]:
+    """Visible models grouped by dataset, each group with the dataset's default model."""
+    groups: dict[int, dict] = {}
+    models = selectors.model_versions_visible_to(user=user).order_by(
+        "dataset__name", "dataset_id", "name", "-version"
+    )
+    for model in models:
+        group = groups.setdefault(model.dataset_id, {"dataset": model.dataset, "models": []})
+        group["models"].append(model)
+    for group in groups.values():
+        group["default"] = selectors.default_model_for(dataset=group["dataset"], user=user)
+    return list(groups.values())
+
+
+@login_required
+def classify_page(request):
+    limits = services_predict.prediction_limits()
+    return render(request, "classifier/classify.html", {
+        "nav": "classify",
+        "groups": _model_groups(request.user),
+        "max_files": limits["max_files"],
+        "max_megabytes": limits["max_bytes"] / (1024 * 1024),
+    })
+
+
+class PredictionFilterForm(forms.Form):
+    model = forms.TypedChoiceField(required=False, coerce=int, empty_value=None)
+    dataset = forms.TypedChoiceField(required=False, coerce=int, empty_value=None)
+    label = forms.CharField(required=False, max_length=255)
+    created_after = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    created_before = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        models = selectors.model_versions_visible_to(user=user).order_by("name", "-version")
+        self.fields["model"].choices = [("", "any model")] + [(m.pk, str(m)) for m in models]
+        datasets = selectors.datasets_visible_to(user=user)
+        self.fields["dataset"].choices = [("", "any dataset")] + [(d.pk, d.name) for d in datasets]
+
+
+@login_required
+def prediction_list_page(request):
+    form = PredictionFilterForm(request.GET or None, user=request.user)
+    filters = form.cleaned_data if form.is_valid() else {}
+    history = selectors.prediction_history(
+        user=request.user, model_id=filters.get("model"), dataset_id=filters.get("dataset"),
+        label=filters.get("label") or None, created_from=filters.get("created_after"),
+        created_to=filters.get("created_before"),
+    )
+    page = Paginator(history, 50).get_page(request.GET.get("page"))
+    for prediction in page:
+        prediction.confidence = prediction.probabilities.get(prediction.predicted_label)
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(request, "classifier/prediction_list.html", {
+        "nav": "classify",
+        "form": form,
+        "page": page,
+        "query": query.urlencode(),
+    })
+
+
+@login_required
+@require_POST
+def prediction_delete_page(request, pk: int):
+    prediction = get_object_or_404(selectors.predictions_owned_by(user=request.user), pk=pk)
+    label = str(prediction)
+    services_predict.prediction_delete(prediction=prediction)
+    messages.success(request, f"Deleted the prediction {label}.")
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        target = reverse("prediction-list")
+    return redirect(target)

@@ -1,0 +1,146 @@
+// Classify dropped or chosen images through the REST API and show each result on the page:
+// predicted class, a probability bar per class, the model used, the Grad-CAM overlay, warnings.
+(function () {
+  "use strict";
+  const form = document.getElementById("classify-form");
+  if (!form) return;
+  const input = document.getElementById("id_images");
+  const dropZone = document.getElementById("drop-zone");
+  const fileList = document.getElementById("selected-files");
+  const select = document.getElementById("id_model");
+  const tta = document.getElementById("id_tta");
+  const button = document.getElementById("predict-button");
+  const statusLine = document.getElementById("classify-status");
+  const errors = document.getElementById("classify-errors");
+  const results = document.getElementById("results");
+  const maxFiles = parseInt(form.dataset.maxFiles, 10) || 16;
+  let selected = [];
+  let previewUrls = [];
+  let shownUrls = [];  // previews the results on the page still use
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (key === "text") node.textContent = value;
+      else if (key === "class") node.className = value;
+      else node.setAttribute(key, value);
+    }
+    for (const child of children || []) if (child) node.appendChild(child);
+    return node;
+  }
+
+  function percent(p) {
+    return (100 * p).toFixed(1) + "%";
+  }
+
+  function setFiles(files) {
+    previewUrls.filter((url) => !shownUrls.includes(url)).forEach((url) => URL.revokeObjectURL(url));
+    selected = Array.from(files);
+    previewUrls = selected.map((file) => URL.createObjectURL(file));
+    fileList.innerHTML = "";
+    selected.forEach((file, i) => {
+      fileList.appendChild(el("li", {}, [el("img", { src: previewUrls[i], alt: "" }), el("span", { text: file.name })]));
+    });
+    statusLine.textContent = selected.length ? selected.length + " image(s) ready." : "";
+  }
+
+  function showErrors(payload) {
+    errors.innerHTML = "";
+    const add = (text) => errors.appendChild(el("li", { text: text }));
+    if (payload && typeof payload === "object") {
+      for (const [field, messages] of Object.entries(payload)) {
+        for (const m of [].concat(messages)) add(field === "detail" || field === "non_field_errors" || field === "images" ? m : field + ": " + m);
+      }
+    } else {
+      add(String(payload || "The request failed."));
+    }
+  }
+
+  function renderResult(prediction, previewUrl) {
+    const classNames = prediction.model.class_names;
+    const top = prediction.probabilities[prediction.predicted_label];
+    const rows = classNames.map((name) => {
+      const p = prediction.probabilities[name];
+      const fill = el("div");
+      fill.style.width = (100 * p).toFixed(1) + "%";
+      return el("tr", { class: name === prediction.predicted_label ? "top" : "", "data-class": name }, [
+        el("th", { text: name }),
+        el("td", {}, [el("div", { class: "hbar" }, [fill])]),
+        el("td", { class: "num probability", text: percent(p) }),
+      ]);
+    });
+    const images = el("div", { class: "result-images" }, [
+      el("figure", {}, [el("img", { class: "upload", src: previewUrl || prediction.image_url, alt: "uploaded image" }), el("figcaption", { text: "Upload" })]),
+      prediction.gradcam ? el("figure", {}, [
+        el("img", { class: "gradcam", src: prediction.gradcam, alt: "Grad-CAM heatmap for " + prediction.predicted_label }),
+        el("figcaption", { text: "Grad-CAM: " + prediction.predicted_label }),
+      ]) : null,
+    ]);
+    const model = prediction.model;
+    const details = [
+      prediction.original_name,
+      model.name + " v" + model.version + " (" + model.architecture + ", " + model.dataset_name + ")",
+      prediction.latency_ms.toFixed(1) + " ms",
+    ];
+    if (prediction.uncertainty !== null) details.push("TTA spread ±" + percent(prediction.uncertainty));
+    const body = el("div", { class: "result-body" }, [
+      el("h2", { class: "predicted" }, [
+        el("span", { class: "predicted-label", text: prediction.predicted_label }),
+        document.createTextNode(" "),
+        el("span", { class: "confidence", text: percent(top) }),
+      ]),
+      el("p", { class: "muted model-used", text: details.join(" · ") }),
+      el("table", { class: "table probabilities" }, [el("tbody", {}, rows)]),
+      prediction.warnings.length ? el("ul", { class: "warnings" }, prediction.warnings.map((w) => el("li", { text: w }))) : null,
+    ]);
+    return el("article", { class: "card result", "data-prediction-id": String(prediction.id) }, [images, body]);
+  }
+
+  dropZone.addEventListener("dragover", (event) => { event.preventDefault(); dropZone.classList.add("dragging"); });
+  dropZone.addEventListener("dragleave", () => dropZone.classList.remove("dragging"));
+  dropZone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    dropZone.classList.remove("dragging");
+    if (event.dataTransfer && event.dataTransfer.files.length) setFiles(event.dataTransfer.files);
+  });
+  input.addEventListener("change", () => setFiles(input.files));
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    errors.innerHTML = "";
+    if (!selected.length) { showErrors("Choose or drop at least one image."); return; }
+    if (selected.length > maxFiles) { showErrors("At most " + maxFiles + " images can be classified at once."); return; }
+    const data = new FormData();
+    selected.forEach((file) => data.append("images", file, file.name));
+    const [kind, id] = select.value.split(":");
+    data.append(kind === "dataset" ? "dataset" : "model", id);
+    if (tta.checked) data.append("tta", "true");
+    const token = form.querySelector("input[name=csrfmiddlewaretoken]").value;
+    const previews = previewUrls.slice();
+    button.disabled = true;
+    statusLine.textContent = "Classifying " + selected.length + " image(s)…";
+    let response, payload;
+    try {
+      response = await fetch(form.dataset.endpoint, {
+        method: "POST", body: data, credentials: "same-origin",
+        headers: { "X-CSRFToken": token, "Accept": "application/json" },
+      });
+      payload = await response.json().catch(() => response.statusText);
+    } catch (err) {
+      statusLine.textContent = "The connection failed; nothing was classified.";
+      button.disabled = false;
+      return;
+    }
+    button.disabled = false;
+    if (response.status !== 201) {
+      statusLine.textContent = "Not classified (" + response.status + "); nothing was stored.";
+      showErrors(payload);
+      return;
+    }
+    statusLine.textContent = "Classified " + payload.length + " image(s).";
+    results.innerHTML = "";
+    shownUrls.filter((url) => !previewUrls.includes(url)).forEach((url) => URL.revokeObjectURL(url));
+    shownUrls = previews;
+    payload.forEach((prediction, i) => results.appendChild(renderResult(prediction, previews[i])));
+  });
+})();
