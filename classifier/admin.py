@@ -110,3 +110,77 @@ class PredictionAdmin(admin.ModelAdmin):
     list_filter = ["created_at"]
     search_fields = ["owner__username", "predicted_label", "original_name", "image_sha256"]
     list_select_related = ["owner", "model_version"]
+
+
+# --- Model registry: aliases, their audit trail, evaluations ------------------------------------
+
+from classifier import services_registry  # noqa: E402 - registry admin, kept apart from the above
+from classifier.models import ModelAlias, ModelAliasChange, ModelEvaluation  # noqa: E402
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows that change only through the registry services, so that every change is audited."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ModelAlias)
+class ModelAliasAdmin(_ReadOnlyAdmin):
+    list_display = ["dataset", "name", "model_version", "updated_at"]
+    list_filter = ["name", "dataset"]
+    list_select_related = ["dataset", "model_version"]
+
+
+@admin.register(ModelAliasChange)
+class ModelAliasChangeAdmin(_ReadOnlyAdmin):
+    list_display = ["created_at", "dataset", "alias", "action", "from_version", "to_version",
+                    "user", "reason"]
+    list_filter = ["action", "dataset", "created_at"]
+    search_fields = ["reason", "user__username", "alias__name"]
+    list_select_related = ["dataset", "alias", "from_version", "to_version", "user"]
+
+
+@admin.register(ModelEvaluation)
+class ModelEvaluationAdmin(_ReadOnlyAdmin):
+    list_display = ["model_version", "dataset", "split", "n", "seconds", "created_at"]
+    list_filter = ["split", "dataset"]
+    exclude = ["predicted"]
+    list_select_related = ["model_version", "dataset"]
+
+
+admin.site.unregister(ModelVersion)
+
+
+@admin.register(ModelVersion)
+class RegistryModelVersionAdmin(ModelVersionAdmin):
+    """The model admin with the registry's action: promote to the dataset's production alias."""
+
+    actions = ["promote_to_production"]
+
+    @admin.action(description="Promote to production")
+    def promote_to_production(self, request, queryset):
+        models = list(queryset.select_related("dataset"))
+        datasets = [m.dataset_id for m in models]
+        for model in models:
+            if datasets.count(model.dataset_id) > 1:
+                self.message_user(request, f"{model}: select one model per dataset to promote.",
+                                  messages.ERROR)
+                continue
+            reason = f"promoted from the admin by {request.user.get_username()}"
+            try:
+                services_registry.model_alias_promote(
+                    model_version=model, alias=services_registry.DEFAULT_ALIAS,
+                    user=request.user, reason=reason,
+                )
+            except (services_registry.RegistryPermissionError, services_registry.AliasError) as exc:
+                self.message_user(request, f"{model}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"Promoted {model} to production for {model.dataset} "
+                                           f"(reason: {reason}).", messages.SUCCESS)

@@ -165,6 +165,9 @@ class Prediction(models.Model):
         ModelVersion, on_delete=models.CASCADE, related_name="predictions"
     )
     image = models.FileField(upload_to="uploads/", max_length=255)
+    image_content_type = models.CharField(
+        max_length=40, blank=True, help_text="From the decoded format, never from the upload."
+    )
     image_sha256 = models.CharField(max_length=64)
     original_name = models.CharField(max_length=255, blank=True)
     predicted_index = models.PositiveSmallIntegerField()
@@ -172,6 +175,10 @@ class Prediction(models.Model):
     probabilities = models.JSONField()
     warnings = models.JSONField(default=list, blank=True)
     latency_ms = models.FloatField(default=0)
+    uncertainty = models.FloatField(
+        null=True, blank=True,
+        help_text="Spread of the predicted class's probability under test-time augmentation.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -179,3 +186,93 @@ class Prediction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.predicted_label} ({self.model_version})"
+
+
+# --- Evaluation and the registry's aliases -----------------------------------------------------
+
+
+class ModelEvaluation(models.Model):
+    """A model's predictions for every image of one split, kept so models can be compared pairwise.
+
+    ``predicted`` holds the most probable class of each image, in the split's order; the full
+    probabilities are an ``.npy`` file in storage (``float32``, ``(n, num_classes)``), from which
+    reports at another decision threshold are recomputed without running the model again.
+    """
+
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.CASCADE, related_name="evaluations"
+    )
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    dataset_sha256 = models.CharField(max_length=64, help_text="The dataset content evaluated.")
+    split = models.CharField(max_length=10)
+    n = models.PositiveIntegerField()
+    predicted = models.JSONField(help_text="Most probable class index of each image, in order.")
+    probabilities = models.FileField(upload_to="evaluations/", max_length=255)
+    seconds = models.FloatField(default=0, help_text="Inference time for the whole split.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model_version", "dataset", "split"], name="unique_model_evaluation"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_version} on {self.dataset} ({self.split})"
+
+
+class ModelAlias(models.Model):
+    """A named pointer such as "production" from a dataset to one of its models.
+
+    Aliases are global per dataset and only staff change them, always through
+    ``services_registry`` so that every change leaves a :class:`ModelAliasChange`.
+    """
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="model_aliases")
+    name = models.SlugField(max_length=40)
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="aliases"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["dataset", "name"]
+        verbose_name_plural = "model aliases"
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "name"], name="unique_alias_per_dataset")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dataset} / {self.name} → {self.model_version}"
+
+
+class ModelAliasChange(models.Model):
+    """One audit entry: who pointed an alias from which model to which, when and why."""
+
+    class Action(models.TextChoices):
+        PROMOTE = "promote", "Promote"
+        ROLLBACK = "rollback", "Roll back"
+
+    alias = models.ForeignKey(ModelAlias, on_delete=models.PROTECT, related_name="changes")
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    action = models.CharField(max_length=10, choices=Action.choices)
+    from_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    to_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.alias.name}: {self.from_version} → {self.to_version} ({self.action})"

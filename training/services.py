@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from classifier import selectors as catalog_selectors
 from classifier import services as catalog_services
+from classifier import services_registry as registry_services
 from classifier.models import Dataset
 from training.models import ACTIVE_STATUSES, TrainingJob
 
@@ -89,11 +90,13 @@ def training_job_create(
 
 def training_job_cancel(*, job: TrainingJob) -> TrainingJob:
     """Cancel a queued job at once; ask a running one to stop (it does within a batch)."""
-    if TrainingJob.objects.filter(pk=job.pk, status=Status.QUEUED).update(
-        status=Status.CANCELLED, cancel_requested=True, finished_at=timezone.now()
-    ):
-        _append_log(job.pk, "cancelled before it started")
-    elif not TrainingJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(
+    with transaction.atomic():
+        cancelled = TrainingJob.objects.filter(pk=job.pk, status=Status.QUEUED).update(
+            status=Status.CANCELLED, cancel_requested=True, finished_at=timezone.now()
+        )
+        if cancelled:
+            _append_log(job.pk, "cancelled before it started")
+    if not cancelled and not TrainingJob.objects.filter(pk=job.pk, status=Status.RUNNING).update(
         cancel_requested=True
     ):
         job.refresh_from_db()
@@ -165,7 +168,10 @@ class _JobHooks:
         if not self._mine().update(heartbeat_at=timezone.now(), **fields):
             raise JobLost(f"job #{self.job_id} is no longer held by this worker")
         self._last_beat = time.monotonic()
-        self._cancel = TrainingJob.objects.filter(pk=self.job_id, cancel_requested=True).exists()
+        self._cancel = self._cancel_requested()
+
+    def _cancel_requested(self) -> bool:
+        return TrainingJob.objects.filter(pk=self.job_id, cancel_requested=True).exists()
 
     def on_train_begin(self, *, total_epochs: int, resumed_from_epoch: int) -> None:
         self._beat(total_epochs=total_epochs, current_epoch=resumed_from_epoch)
@@ -185,6 +191,9 @@ class _JobHooks:
         self.log(f"epoch {epoch}/{total_epochs}: {shown}")
         if self.on_epoch:
             self.on_epoch(epoch, metrics)
+        # Heartbeats are throttled, so a cancel could otherwise go unseen for a whole short
+        # epoch; one query per epoch makes it take effect before the next one starts.
+        self._cancel = self._cancel_requested()
 
     def should_stop(self) -> bool:
         if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
@@ -215,10 +224,18 @@ def _manifest(job: TrainingJob, device: str) -> dict:
     }
 
 
-def _finish(job_id: int, token: str, **fields) -> bool:
-    return bool(TrainingJob.objects.filter(pk=job_id, claim_token=token,
-                                           status=Status.RUNNING).update(
-        finished_at=timezone.now(), **fields))
+def _finish(job_id: int, token: str, *, log: str, **fields) -> bool:
+    """End a job this worker holds, with its last log line in the same commit.
+
+    Pages stop polling once a job is finished, so the outcome must not be logged after it.
+    """
+    with transaction.atomic():
+        finished = bool(TrainingJob.objects.filter(pk=job_id, claim_token=token,
+                                                   status=Status.RUNNING).update(
+            finished_at=timezone.now(), **fields))
+        if finished:
+            _append_log(job_id, log)
+    return finished
 
 
 def training_job_run(
@@ -228,9 +245,8 @@ def training_job_run(
 
     ``on_epoch(epoch, metrics)`` lets a caller in the same process follow progress.
     """
-    from medml.fit import train
-
     from medml.config import TrainConfig
+    from medml.fit import train
 
     token = training_job_claim(job_id=job_id)
     if token is None:
@@ -249,27 +265,33 @@ def training_job_run(
         return "lost the job to another worker"
     except Exception as exc:
         logger.exception("training job %s failed", job_id)
-        _finish(job_id, token, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}")
-        _append_log(job_id, f"failed: {type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        _finish(job_id, token, status=Status.FAILED, error=error, log=f"failed: {error}")
         return "failed"
     TrainingJob.objects.filter(pk=job_id).update(device=result.device)
     if result.cancelled:
-        _finish(job_id, token, status=Status.CANCELLED)
-        _append_log(job_id, f"cancelled after epoch {result.epochs_completed}")
+        outcome = "cancelled" if _finish(
+            job_id, token, status=Status.CANCELLED,
+            log=f"cancelled after epoch {result.epochs_completed}") else "lost"
+    else:
+        outcome = "succeeded" if _register_result(job, token, result) else "lost"
+    # After a takeover the checkpoints belong to the worker resuming from them.
+    if not TrainingJob.objects.filter(pk=job_id, status=Status.RUNNING).exists():
         shutil.rmtree(workdir, ignore_errors=True)
-        return "cancelled"
-    _register_result(job, token, result)
-    shutil.rmtree(workdir, ignore_errors=True)
-    return "succeeded"
+    return "lost the job to another worker" if outcome == "lost" else outcome
 
 
-def _register_result(job: TrainingJob, token: str, result) -> None:
-    """Record the best checkpoint as the job's one model, with the job's success, atomically."""
+def _register_result(job: TrainingJob, token: str, result) -> bool:
+    """Record the best checkpoint as the job's one model, with the job's success, atomically.
+
+    Returns False, registering nothing, when this worker no longer holds a running job.
+    """
     manifest = _manifest(job, result.device)
     with transaction.atomic():
         locked = TrainingJob.objects.select_for_update().get(pk=job.pk)
-        if locked.model_version_id or locked.claim_token != token:
-            return  # already registered by an earlier delivery, or taken over
+        if (locked.model_version_id or locked.claim_token != token
+                or locked.status != Status.RUNNING):
+            return False  # taken over, or finished meanwhile (e.g. by the sweep)
         model = catalog_services.model_version_register(
             name=f"{job.dataset.slug}-{job.config['architecture']}",
             architecture=job.config["architecture"], dataset=job.dataset, owner=job.owner,
@@ -283,8 +305,19 @@ def _register_result(job: TrainingJob, token: str, result) -> None:
             manifest=manifest, history=result.history, current_epoch=result.epochs_completed,
             batch_progress=0.0,
         )
-    _append_log(job.pk, f"registered {model}: best epoch {result.best_epoch}, "
-                        f"{result.monitor} {result.best_metric:.4f}")
+        # best_metric is None when the monitored value was never finite (a diverged run).
+        best = "undefined" if result.best_metric is None else f"{result.best_metric:.4f}"
+        _append_log(job.pk, f"registered {model}: best epoch {result.best_epoch}, "
+                            f"{result.monitor} {best}")
+    # Replace the basic test metrics with the full report (calibration, ROC, intervals) and keep
+    # the per-image test predictions that paired comparisons need. The model stays registered,
+    # with the basic metrics, if this fails.
+    try:
+        registry_services.model_version_evaluate(model_version=model)
+    except Exception as exc:
+        logger.exception("evaluating %s failed", model)
+        _append_log(job.pk, f"full evaluation of {model} failed: {type(exc).__name__}: {exc}")
+    return True
 
 
 def training_jobs_sweep() -> int:
@@ -293,10 +326,11 @@ def training_jobs_sweep() -> int:
     requeued = 0
     for job in TrainingJob.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale):
         if job.cancel_requested:
-            if TrainingJob.objects.filter(pk=job.pk, status=Status.RUNNING,
-                                          heartbeat_at=job.heartbeat_at).update(
-                    status=Status.CANCELLED, finished_at=timezone.now()):
-                _append_log(job.pk, "cancelled (its worker had stopped)")
+            with transaction.atomic():
+                if TrainingJob.objects.filter(pk=job.pk, status=Status.RUNNING,
+                                              heartbeat_at=job.heartbeat_at).update(
+                        status=Status.CANCELLED, finished_at=timezone.now()):
+                    _append_log(job.pk, "cancelled (its worker had stopped)")
             continue
         training_job_enqueue(job=job)
         requeued += 1

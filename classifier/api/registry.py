@@ -1,0 +1,298 @@
+"""REST endpoints of the model registry: compare, promote and roll back, model cards, exports.
+
+Included in ``/api/v1/`` before the router, so ``models/compare/`` is not read as a model id.
+"""
+
+from __future__ import annotations
+
+from django.http import FileResponse, HttpResponse
+from django.urls import path
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+)
+from rest_framework import renderers, serializers, status
+from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from classifier import selectors, selectors_registry, services, services_registry
+from classifier.models import ModelAlias, ModelAliasChange
+
+
+class CSVRenderer(renderers.BaseRenderer):
+    """Lets ``?format=csv`` through content negotiation; the view writes the CSV itself."""
+
+    media_type = "text/csv"
+    format = "csv"
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return data if isinstance(data, str | bytes) else str(data)
+
+
+# --- Serializers -------------------------------------------------------------------------------------
+
+
+class AliasChangeSerializer(serializers.ModelSerializer):
+    alias = serializers.CharField(source="alias.name")
+    user = serializers.CharField(source="user.username", default=None)
+    from_version = serializers.SerializerMethodField()
+    to_version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelAliasChange
+        fields = ["id", "alias", "action", "from_version", "to_version", "user", "reason",
+                  "created_at"]
+
+    def _version(self, version) -> dict | None:
+        return None if version is None else {"id": version.pk, "name": str(version)}
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_from_version(self, obj):
+        return self._version(obj.from_version)
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_to_version(self, obj):
+        return self._version(obj.to_version)
+
+
+class AliasSerializer(serializers.ModelSerializer):
+    dataset = serializers.IntegerField(source="dataset_id")
+    model = serializers.IntegerField(source="model_version_id")
+    model_name = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelAlias
+        fields = ["name", "dataset", "model", "model_name", "updated_at"]
+
+    def get_model_name(self, obj) -> str:
+        return str(obj.model_version)
+
+
+class PromoteSerializer(serializers.Serializer):
+    alias = serializers.CharField(max_length=40, default=services_registry.DEFAULT_ALIAS)
+    reason = serializers.CharField(max_length=2000)
+
+
+class RollbackSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000)
+
+
+class ThresholdSerializer(serializers.Serializer):
+    target_sensitivity = serializers.FloatField(min_value=0.0, max_value=1.0)
+
+
+def _model_for(request, pk):
+    return selectors_registry.model_get_for_user(user=request.user, pk=pk)
+
+
+def _manageable_model(request, pk):
+    model = _model_for(request, pk)
+    if not selectors_registry.can_manage_model(user=request.user, model_version=model):
+        raise PermissionDenied("only the model's owner or staff can do this")
+    return model
+
+
+# --- Views ---------------------------------------------------------------------------------------
+
+
+class ModelCompareView(APIView):
+    """Compare models of one dataset: metrics table, confusion matrices, curves, McNemar tests."""
+
+    renderer_classes = [renderers.JSONRenderer, CSVRenderer]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("dataset", int, required=True),
+            OpenApiParameter("models", str, required=True, description="Comma-separated model ids"),
+            OpenApiParameter("format", str, enum=["json", "csv"]),
+        ],
+        responses={200: OpenApiTypes.OBJECT, (200, "text/csv"): OpenApiTypes.STR},
+    )
+    def get(self, request):
+        dataset_id = request.query_params.get("dataset", "")
+        if not dataset_id.isdigit():
+            raise ValidationError({"dataset": ["give the id of the dataset the models share"]})
+        dataset = selectors.dataset_get_for_user(user=request.user, pk=int(dataset_id))
+        try:
+            ids = selectors_registry.parse_model_ids(request.query_params.getlist("models"))
+            comparison = selectors_registry.model_comparison(
+                user=request.user, dataset=dataset, model_ids=ids
+            )
+        except selectors_registry.ComparisonError as exc:
+            raise ValidationError({"models": [str(exc)]}) from exc
+        if request.accepted_renderer.format == "csv":
+            response = HttpResponse(selectors_registry.comparison_csv(comparison),
+                                    content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = f'attachment; filename="compare-{dataset.slug}.csv"'
+            return response
+        return Response(comparison)
+
+
+class ModelPromoteView(APIView):
+    """Point an alias (default ``production``) of the model's dataset at this model. Staff only."""
+
+    @extend_schema(request=PromoteSerializer, responses={
+        200: AliasSerializer, 403: OpenApiResponse(description="Not staff"),
+        409: OpenApiResponse(description="Already the alias's model"),
+    })
+    def post(self, request, pk):
+        model = _model_for(request, pk)
+        form = PromoteSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            alias = services_registry.model_alias_promote(
+                model_version=model, alias=form.validated_data["alias"], user=request.user,
+                reason=form.validated_data["reason"],
+            )
+        except services_registry.RegistryPermissionError as exc:
+            raise PermissionDenied(str(exc)) from exc
+        except services_registry.AliasError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(AliasSerializer(alias).data)
+
+
+class DatasetAliasListView(APIView):
+    """A dataset's aliases and its audit trail of alias changes, newest first."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request, pk):
+        dataset = selectors.dataset_get_for_user(user=request.user, pk=pk)
+        visible = set(selectors.model_versions_visible_to(user=request.user)
+                      .filter(dataset=dataset).values_list("pk", flat=True))
+        aliases = [
+            {**AliasSerializer(alias).data, "visible_to_you": alias.model_version_id in visible}
+            for alias in selectors_registry.dataset_aliases(dataset=dataset)
+        ]
+        changes = AliasChangeSerializer(
+            selectors_registry.alias_changes(dataset=dataset), many=True
+        ).data
+        return Response({"dataset": dataset.pk, "aliases": aliases, "changes": changes})
+
+
+class AliasRollbackView(APIView):
+    """Point the alias back at the model it named before its latest promotion. Staff only."""
+
+    @extend_schema(request=RollbackSerializer, responses={
+        200: AliasSerializer, 403: OpenApiResponse(description="Not staff"),
+        409: OpenApiResponse(description="Nothing to roll back to"),
+    })
+    def post(self, request, pk, alias):
+        dataset = selectors.dataset_get_for_user(user=request.user, pk=pk)
+        form = RollbackSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            result = services_registry.model_alias_rollback(
+                dataset=dataset, alias=alias, user=request.user,
+                reason=form.validated_data["reason"],
+            )
+        except services_registry.RegistryPermissionError as exc:
+            raise PermissionDenied(str(exc)) from exc
+        except services_registry.AliasError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(AliasSerializer(result).data)
+
+
+class ModelCardView(APIView):
+    """The model card as Markdown."""
+
+    @extend_schema(responses={(200, "text/markdown"): OpenApiTypes.STR})
+    def get(self, request, pk):
+        model = _model_for(request, pk)
+        return HttpResponse(selectors_registry.model_card_markdown(model_version=model),
+                            content_type="text/markdown; charset=utf-8")
+
+
+class ModelExportView(APIView):
+    """A zip of the model as .keras, SavedModel, TFLite (and ONNX), with test inputs and card.
+
+    Built on the first request (seconds to a minute, depending on the model) and checked:
+    every format must reproduce the Keras probabilities on the test inputs to 1e-4, otherwise
+    the answer is 422 with the discrepancy.
+    """
+
+    @extend_schema(responses={
+        (200, "application/zip"): OpenApiTypes.BINARY,
+        422: OpenApiResponse(description="An exported format disagreed with Keras"),
+    })
+    def get(self, request, pk):
+        from medml.export import ExportParityError
+
+        model = _model_for(request, pk)
+        try:
+            bundle = services_registry.model_version_export(model_version=model)
+        except ExportParityError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
+        except services.ArtifactIntegrityError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return FileResponse(open(bundle, "rb"), as_attachment=True,  # closed by Django
+                            filename=f"{model.name}-v{model.version}.zip",
+                            content_type="application/zip")
+
+
+class ModelEvaluateView(APIView):
+    """Evaluate the model on its dataset's test split now (owner or staff); returns the report."""
+
+    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
+    def post(self, request, pk):
+        model = _manageable_model(request, pk)
+        try:
+            evaluation = services_registry.model_version_evaluate(model_version=model)
+        except services.ArtifactIntegrityError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        if evaluation is None:
+            raise ValidationError({"detail": [f"{model.dataset} has no test images"]})
+        return Response(model.metrics)
+
+
+class ModelThresholdView(APIView):
+    """Choose a two-class model's decision threshold for a target sensitivity (owner or staff).
+
+    ``POST {"target_sensitivity": 0.9}`` chooses it on the validation split; ``DELETE`` goes
+    back to the most probable class.
+    """
+
+    @extend_schema(request=ThresholdSerializer, responses={200: OpenApiTypes.OBJECT})
+    def post(self, request, pk):
+        model = _manageable_model(request, pk)
+        form = ThresholdSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            model = services_registry.model_version_set_threshold(
+                model_version=model, target_sensitivity=form.validated_data["target_sensitivity"]
+            )
+        except services_registry.EvaluationError as exc:
+            raise ValidationError({"target_sensitivity": [str(exc)]}) from exc
+        return Response(_threshold_answer(model))
+
+    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
+    def delete(self, request, pk):
+        model = services_registry.model_version_clear_threshold(
+            model_version=_manageable_model(request, pk)
+        )
+        return Response(_threshold_answer(model))
+
+
+def _threshold_answer(model) -> dict:
+    return {
+        "decision_threshold": model.decision_threshold,
+        "operating_point": model.val_metrics.get("operating_point"),
+        "test_at_threshold": model.metrics.get("at_threshold"),
+    }
+
+
+urlpatterns = [
+    path("models/compare/", ModelCompareView.as_view(), name="model-compare-api"),
+    path("models/<int:pk>/promote/", ModelPromoteView.as_view(), name="model-promote-api"),
+    path("models/<int:pk>/card/", ModelCardView.as_view(), name="model-card-api"),
+    path("models/<int:pk>/export/", ModelExportView.as_view(), name="model-export-api"),
+    path("models/<int:pk>/evaluate/", ModelEvaluateView.as_view(), name="model-evaluate-api"),
+    path("models/<int:pk>/threshold/", ModelThresholdView.as_view(), name="model-threshold-api"),
+    path("datasets/<int:pk>/aliases/", DatasetAliasListView.as_view(), name="dataset-aliases-api"),
+    path("datasets/<int:pk>/aliases/<slug:alias>/rollback/", AliasRollbackView.as_view(),
+         name="alias-rollback-api"),
+]

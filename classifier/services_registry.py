@@ -1,0 +1,411 @@
+"""Writes of the model registry: evaluations, decision thresholds, aliases and export bundles.
+
+Aliases ("production", ...) are global per dataset and only staff may change them: a dataset's
+production model is what every user of the dataset is served, so choosing it is an operator's
+decision, not a model owner's. Every change, promotion or rollback, writes one
+:class:`~classifier.models.ModelAliasChange` in the same transaction.
+
+Evaluation runs the model over a whole split in this process (batch inference through
+``medml.evaluate.predict_proba``); TensorFlow is imported on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+
+from classifier import selectors, selectors_registry, services
+from classifier.models import (
+    ModelAlias,
+    ModelAliasChange,
+    ModelEvaluation,
+    ModelVersion,
+)
+from medml import stats
+
+if TYPE_CHECKING:
+    import keras
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ALIAS = selectors_registry.DEFAULT_ALIAS
+ALIAS_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+EXPORT_SAMPLES = 8
+
+
+class RegistryPermissionError(Exception):
+    """The user may not make this change (aliases are changed by staff only)."""
+
+
+class AliasError(Exception):
+    """A promotion or rollback that cannot be made; the message says why, for the user."""
+
+
+class EvaluationError(Exception):
+    """An evaluation or threshold that cannot be computed for this model; the message says why."""
+
+
+def model_cache_dir() -> Path:
+    """Where verified local copies of model artifacts are kept (shared with serving)."""
+    configured = getattr(settings, "MODEL_CACHE_DIR", None)
+    return Path(configured) if configured else Path(settings.VAR_DIR) / "model-cache"
+
+
+def _load_model(model_version: ModelVersion) -> keras.Model:
+    import keras
+
+    path = services.model_artifact_local_path(model_version=model_version,
+                                              cache_dir=model_cache_dir())
+    return keras.models.load_model(path, compile=False, safe_mode=True)
+
+
+# --- Evaluation ----------------------------------------------------------------------------------
+
+
+def _bootstrap_resamples() -> int:
+    return int(getattr(settings, "MODEL_EVALUATION_BOOTSTRAP", 1000))
+
+
+def _report(model_version: ModelVersion, labels: np.ndarray, probs: np.ndarray) -> dict:
+    """The full report at the default rule and, for two classes, at the served threshold."""
+    names = list(model_version.dataset.class_names)
+    if len(names) != 2:
+        return stats.full_report(labels, probs, names, n_bootstrap=_bootstrap_resamples(), seed=0)
+    positive = stats.default_positive_class(names)
+    threshold = None
+    if model_version.decision_threshold is not None:
+        threshold = stats.positive_class_threshold(model_version.decision_threshold, positive)
+        threshold = min(max(threshold, 0.0), 1.0)
+    return stats.full_report(
+        labels, stats.binary_probabilities(probs), names, threshold=threshold,
+        positive_class=positive, n_bootstrap=_bootstrap_resamples(), seed=0,
+    )
+
+
+def _with_evaluation_facts(report: dict, evaluation: ModelEvaluation, tta: bool) -> dict:
+    report["evaluation"] = {
+        "split": evaluation.split,
+        "dataset_id": evaluation.dataset_id,
+        "dataset_sha256": evaluation.dataset_sha256,
+        "seconds": round(evaluation.seconds, 4),
+        "ms_per_image": round(1000 * evaluation.seconds / max(evaluation.n, 1), 4),
+        "tta": tta,
+    }
+    return report
+
+
+def _store_report(model_version: ModelVersion, evaluation: ModelEvaluation, probs: np.ndarray,
+                  labels: np.ndarray) -> None:
+    report = _with_evaluation_facts(_report(model_version, labels, probs), evaluation,
+                                    bool(model_version.config.get("tta", False)))
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=model_version.pk)
+        if evaluation.split == "test":
+            locked.metrics = report
+            locked.save(update_fields=["metrics"])
+        elif evaluation.split == "val":
+            # The operating point was chosen on this split; a new report keeps it.
+            if "operating_point" in locked.val_metrics:
+                report["operating_point"] = locked.val_metrics["operating_point"]
+            locked.val_metrics = report
+            locked.save(update_fields=["val_metrics"])
+    model_version.metrics, model_version.val_metrics = locked.metrics, locked.val_metrics
+
+
+def evaluation_probabilities(evaluation: ModelEvaluation) -> np.ndarray:
+    """The stored ``(n, num_classes)`` probabilities of an evaluation."""
+    with evaluation.probabilities.open("rb") as handle:
+        return np.load(io.BytesIO(handle.read()), allow_pickle=False)
+
+
+def model_version_evaluate(*, model_version: ModelVersion, split: str = "test") -> ModelEvaluation | None:
+    """Run the model over a split of its dataset, store its predictions and its full report.
+
+    The report (:func:`medml.stats.full_report`, plus inference timing) replaces
+    ``metrics`` for the test split and ``val_metrics`` for the validation split. The per-image
+    predictions are kept as a :class:`ModelEvaluation`, so that two models can be compared on
+    the same images and a new threshold re-reported without running the model again.
+
+    Returns:
+        The evaluation, or ``None`` when the dataset has no images in ``split``.
+
+    Raises:
+        services.ArtifactIntegrityError: when the artifact changed since registration.
+        EvaluationError: for a split other than ``val`` or ``test``.
+    """
+    if split not in ("val", "test"):
+        raise EvaluationError(f"only the val and test splits are evaluated, not '{split}'")
+    from medml.evaluate import predict_proba
+
+    dataset = model_version.dataset
+    arrays = selectors.dataset_arrays(dataset=dataset)
+    if split not in arrays.splits or len(arrays.labels(split)) == 0:
+        return None
+    images, labels = arrays.images(split), arrays.labels(split)
+    model = _load_model(model_version)
+    tta = bool(model_version.config.get("tta", False))
+    started = time.perf_counter()
+    probs = predict_proba(model, images, tta=tta)
+    seconds = time.perf_counter() - started
+
+    buffer = io.BytesIO()
+    np.save(buffer, probs.astype(np.float32), allow_pickle=False)
+    stored = default_storage.save(
+        f"evaluations/{model_version.sha256[:16]}-{dataset.sha256[:12]}-{split}.npy",
+        ContentFile(buffer.getvalue()),
+    )
+    try:
+        with transaction.atomic():
+            previous = (ModelEvaluation.objects.select_for_update()
+                        .filter(model_version=model_version, dataset=dataset, split=split).first())
+            evaluation, _ = ModelEvaluation.objects.update_or_create(
+                model_version=model_version, dataset=dataset, split=split,
+                defaults={
+                    "dataset_sha256": dataset.sha256, "n": len(labels),
+                    "predicted": probs.argmax(axis=1).astype(int).tolist(),
+                    "probabilities": stored, "seconds": seconds,
+                },
+            )
+            if previous and previous.probabilities.name != stored:
+                old = previous.probabilities.name
+                transaction.on_commit(lambda: default_storage.delete(old))
+    except Exception:
+        default_storage.delete(stored)
+        raise
+    _store_report(model_version, evaluation, probs, labels)
+    return evaluation
+
+
+def _current_evaluation(model_version: ModelVersion, split: str) -> ModelEvaluation | None:
+    return selectors_registry.model_evaluation(model_version=model_version, split=split)
+
+
+def _rereport_test(model_version: ModelVersion) -> None:
+    """Re-report the test split at the model's current threshold from its stored predictions."""
+    evaluation = _current_evaluation(model_version, "test")
+    if evaluation is None:
+        model_version_evaluate(model_version=model_version, split="test")
+        return
+    labels = selectors.dataset_arrays(dataset=model_version.dataset).labels("test")
+    _store_report(model_version, evaluation, evaluation_probabilities(evaluation), labels)
+
+
+def model_version_set_threshold(*, model_version: ModelVersion, target_sensitivity: float) -> ModelVersion:
+    """Choose a two-class model's decision threshold on the validation split and apply it.
+
+    The positive class is the dataset's clinically positive one
+    (:func:`medml.stats.default_positive_class`; malignant, label 0, for BreastMNIST). The
+    threshold is the largest whose validation sensitivity reaches ``target_sensitivity``. It is
+    stored as ``decision_threshold`` on class 1's probability, the rule serving applies, and
+    the choice itself as ``val_metrics["operating_point"]``. The test report is then redone
+    with metrics at both the default rule and the new threshold.
+
+    Raises:
+        EvaluationError: for a model with more than two classes, no validation images, or a
+            target outside ``(0, 1]``.
+    """
+    names = list(model_version.dataset.class_names)
+    if len(names) != 2:
+        raise EvaluationError(
+            f"a decision threshold applies to two-class models; {model_version} has {len(names)}"
+        )
+    evaluation = _current_evaluation(model_version, "val") or model_version_evaluate(
+        model_version=model_version, split="val"
+    )
+    if evaluation is None:
+        raise EvaluationError(f"{model_version.dataset} has no validation images to choose on")
+    labels = selectors.dataset_arrays(dataset=model_version.dataset).labels("val")
+    probs = stats.binary_probabilities(evaluation_probabilities(evaluation))
+    positive = stats.default_positive_class(names)
+    try:
+        chosen = stats.choose_threshold(labels, probs[:, positive],
+                                        target_sensitivity=target_sensitivity,
+                                        positive_class=positive)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from exc
+    decision = stats.class_one_threshold(chosen["threshold"], positive)
+    chosen |= {"positive_class_name": names[positive], "decision_threshold": decision}
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=model_version.pk)
+        locked.decision_threshold = decision
+        locked.val_metrics = {**locked.val_metrics, "operating_point": chosen}
+        locked.save(update_fields=["decision_threshold", "val_metrics"])
+    model_version.decision_threshold, model_version.val_metrics = decision, locked.val_metrics
+    _rereport_test(model_version)
+    return model_version
+
+
+def model_version_clear_threshold(*, model_version: ModelVersion) -> ModelVersion:
+    """Go back to predicting the most probable class, and re-report the test split."""
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=model_version.pk)
+        locked.decision_threshold = None
+        locked.val_metrics = {k: v for k, v in locked.val_metrics.items() if k != "operating_point"}
+        locked.save(update_fields=["decision_threshold", "val_metrics"])
+    model_version.decision_threshold, model_version.val_metrics = None, locked.val_metrics
+    if model_version.metrics.get("at_threshold") or _current_evaluation(model_version, "test"):
+        _rereport_test(model_version)
+    return model_version
+
+
+# --- Aliases -------------------------------------------------------------------------------------
+
+
+def _require_staff(user) -> None:
+    if not selectors_registry.can_change_aliases(user=user):
+        raise RegistryPermissionError("only staff can change a dataset's model aliases")
+
+
+def _clean_reason(reason: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise AliasError("give a reason: it is kept in the audit trail")
+    return reason[:2000]
+
+
+def model_alias_promote(
+    *, model_version: ModelVersion, alias: str = DEFAULT_ALIAS, user, reason: str
+) -> ModelAlias:
+    """Point ``alias`` of the model's dataset at ``model_version``, with an audit entry.
+
+    Raises:
+        RegistryPermissionError: for a user who is not staff.
+        AliasError: for a bad alias name, an empty reason, or a model the alias already names.
+    """
+    _require_staff(user)
+    if not ALIAS_NAME.match(alias or ""):
+        raise AliasError(
+            f"'{alias}' is not an alias name: lowercase letters, digits and hyphens, at most 40"
+        )
+    reason = _clean_reason(reason)
+    dataset = model_version.dataset
+    with transaction.atomic():
+        current = ModelAlias.objects.select_for_update().filter(dataset=dataset, name=alias).first()
+        previous = None
+        if current is None:
+            try:
+                with transaction.atomic():
+                    current = ModelAlias.objects.create(
+                        dataset=dataset, name=alias, model_version=model_version
+                    )
+                created = True
+            except IntegrityError:  # created meanwhile by a concurrent promotion
+                current = ModelAlias.objects.select_for_update().get(dataset=dataset, name=alias)
+                created = False
+        else:
+            created = False
+        if not created:
+            if current.model_version_id == model_version.pk:
+                raise AliasError(f"{alias} of {dataset} already is {model_version}")
+            previous = current.model_version
+            current.model_version = model_version
+            current.save(update_fields=["model_version", "updated_at"])
+        ModelAliasChange.objects.create(
+            alias=current, dataset=dataset, action=ModelAliasChange.Action.PROMOTE,
+            from_version=previous, to_version=model_version, user=user, reason=reason,
+        )
+    logger.info("%s promoted %s to %s of %s", user, model_version, alias, dataset)
+    return current
+
+
+def model_alias_rollback(*, dataset, alias: str, user, reason: str) -> ModelAlias:
+    """Point ``alias`` back at the model it named before its latest promotion still in force.
+
+    The audit trail is read as a stack: a promotion pushes its model, a rollback pops one. So
+    after promoting A, then B, then C, two rollbacks lead to B and then A.
+
+    Raises:
+        RegistryPermissionError: for a user who is not staff.
+        AliasError: when the alias does not exist, has nothing to go back to, or the earlier
+            model was deleted.
+    """
+    _require_staff(user)
+    reason = _clean_reason(reason)
+    with transaction.atomic():
+        current = ModelAlias.objects.select_for_update().filter(dataset=dataset, name=alias).first()
+        if current is None:
+            raise AliasError(f"{dataset} has no alias '{alias}'")
+        stack = selectors_registry.alias_stack(alias=current)
+        if len(stack) < 2:
+            raise AliasError(f"{alias} of {dataset} has no earlier model to roll back to")
+        target_id = stack[-2]
+        target = ModelVersion.objects.filter(pk=target_id).first() if target_id else None
+        if target is None:
+            raise AliasError(f"the model {alias} named before was deleted; promote one instead")
+        previous = current.model_version
+        current.model_version = target
+        current.save(update_fields=["model_version", "updated_at"])
+        ModelAliasChange.objects.create(
+            alias=current, dataset=dataset, action=ModelAliasChange.Action.ROLLBACK,
+            from_version=previous, to_version=target, user=user, reason=reason,
+        )
+    logger.info("%s rolled %s of %s back to %s", user, alias, dataset, target)
+    return current
+
+
+# --- Export --------------------------------------------------------------------------------------
+
+
+def _export_samples(labels: np.ndarray, num_classes: int, limit: int = EXPORT_SAMPLES) -> np.ndarray:
+    """Indices of up to ``limit`` images taking the classes in turn, so each class is present."""
+    by_class = [np.flatnonzero(labels == index).tolist() for index in range(num_classes)]
+    chosen: list[int] = []
+    while len(chosen) < limit and any(by_class):
+        for indices in by_class:
+            if indices and len(chosen) < limit:
+                chosen.append(indices.pop(0))
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def model_version_export(*, model_version: ModelVersion) -> Path:
+    """A verified export bundle (zip) of the model; built once per model and model card.
+
+    Raises:
+        medml.export.ExportParityError: when an exported format disagrees with Keras.
+        services.ArtifactIntegrityError: when the artifact changed since registration.
+    """
+    from medml import export
+
+    card = selectors_registry.model_card_markdown(model_version=model_version)
+    key = hashlib.sha256(
+        f"{export.BUNDLE_FORMAT}|{export.onnx_available()}|{card}".encode()
+    ).hexdigest()[:12]
+    folder = Path(settings.WORK_DIR) / "exports"
+    out = folder / f"{model_version.sha256[:16]}-{key}.zip"
+    if out.exists():
+        return out
+    dataset = model_version.dataset
+    arrays = selectors.dataset_arrays(dataset=dataset)
+    split = next(s for s in ("test", "val", "train") if s in arrays.splits and len(arrays.labels(s)))
+    picked = _export_samples(arrays.labels(split), dataset.num_classes)
+    path = services.model_artifact_local_path(model_version=model_version,
+                                              cache_dir=model_cache_dir())
+    export.export_bundle(
+        model_path=path, out_path=out, model_card=card,
+        sample_images=arrays.images(split)[picked], sample_labels=arrays.labels(split)[picked],
+        class_names=list(dataset.class_names),
+        metadata={
+            "samples_from": f"{dataset.name} {split} split, indices {picked.tolist()}",
+            "source_preprocessing": dataset.source_preprocessing,
+            "decision_threshold": model_version.decision_threshold,
+            "decision_rule": (
+                "most probable class" if model_version.decision_threshold is None else
+                "class 1 when its probability >= decision_threshold, else class 0"
+            ),
+        },
+    )
+    for stale in folder.glob(f"{model_version.sha256[:16]}-*.zip"):
+        if stale != out:
+            stale.unlink(missing_ok=True)
+    return out

@@ -1,0 +1,208 @@
+"""The training pages: job list, launch form, job page, cancel and retry buttons."""
+
+from __future__ import annotations
+
+import pytest
+from pytest_django.asserts import assertContains, assertNotContains, assertRedirects
+
+from tests.factories import DatasetFactory, UserFactory
+from training.models import TrainingJob
+
+Status = TrainingJob.Status
+
+
+@pytest.fixture
+def browser_client(client, owner):
+    client.force_login(owner)
+    return client
+
+
+@pytest.fixture
+def other_user(db):
+    return UserFactory(username="piet")
+
+
+def job_of(user, dataset, **fields) -> TrainingJob:
+    return TrainingJob.objects.create(
+        owner=user, dataset=dataset, config={"architecture": "compact_cnn", "epochs": 2},
+        preset="smoke", total_epochs=2, name=fields.pop("name", f"{user.username}'s run"),
+        **fields,
+    )
+
+
+def messages_on(response) -> list[str]:
+    return [str(message) for message in response.context["messages"]]
+
+
+@pytest.mark.parametrize("path", ["/jobs/", "/jobs/new/", "/jobs/1/"])
+def test_anonymous_visitors_are_sent_to_the_login_page(client, db, path):
+    response = client.get(path)
+    assertRedirects(response, f"/login/?next={path}", fetch_redirect_response=False)
+
+
+def test_the_job_list_shows_the_users_jobs_only(browser_client, owner, other_user, dataset):
+    mine = job_of(owner, dataset, name="my blood run")
+    theirs = job_of(other_user, DatasetFactory(owner=other_user), name="their secret run")
+    response = browser_client.get("/jobs/")
+    assert response.status_code == 200
+    assertContains(response, f'href="/jobs/{mine.pk}/"')
+    assertContains(response, "my blood run")
+    assertNotContains(response, "their secret run")
+    assertNotContains(response, f'data-job="{theirs.pk}"')
+
+
+def test_the_job_list_offers_cancel_for_active_jobs_and_retry_for_failed_ones(
+        browser_client, owner, dataset):
+    running = job_of(owner, dataset, status=Status.RUNNING)
+    failed = job_of(owner, dataset, status=Status.FAILED)
+    response = browser_client.get("/jobs/")
+    assertContains(response, f'action="/jobs/{running.pk}/cancel/"')
+    assertNotContains(response, f'action="/jobs/{running.pk}/retry/"')
+    assertContains(response, f'action="/jobs/{failed.pk}/retry/"')
+    assertNotContains(response, f'action="/jobs/{failed.pk}/cancel/"')
+
+
+def test_the_launch_form_offers_the_users_datasets_and_the_presets(browser_client, dataset,
+                                                                  other_user):
+    theirs = DatasetFactory(owner=other_user, name="Their private set")
+    builtin = DatasetFactory(builtin=True, name="Shared builtin")
+    response = browser_client.get("/jobs/new/")
+    assert response.status_code == 200
+    assertContains(response, f'<option value="{dataset.pk}">Tiny blood</option>', html=True)
+    assertContains(response, f'<option value="{builtin.pk}">Shared builtin</option>', html=True)
+    assertNotContains(response, "Their private set")
+    assertNotContains(response, f'<option value="{theirs.pk}">', html=False)
+    assertContains(response, '<option value="smoke">Smoke test</option>', html=True)
+    assertContains(response, "<code>report_blood_cnn_95</code>")
+    assertContains(response, '<option value="compact_cnn_wide">', html=False)
+
+
+def test_the_launch_form_preselects_the_dataset_in_the_address(browser_client, dataset):
+    response = browser_client.get(f"/jobs/new/?dataset={dataset.pk}")
+    assertContains(response, f'<option value="{dataset.pk}" selected>Tiny blood</option>',
+                   html=True)
+
+
+def test_launching_with_the_smoke_preset_queues_a_job_and_opens_its_page(
+        browser_client, owner, dataset, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = browser_client.post("/jobs/new/", {
+            "dataset": dataset.pk, "preset": "smoke", "epochs": "3", "name": "quick check",
+        })
+    job = TrainingJob.objects.get()
+    assertRedirects(response, f"/jobs/{job.pk}/", fetch_redirect_response=False)
+    assert len(callbacks) == 1  # queued for a worker
+    assert job.owner == owner and job.dataset == dataset
+    assert job.preset == "smoke" and job.name == "quick check"
+    assert job.config["epochs"] == 3 and job.config["batch_size"] == 32
+    page = browser_client.get(response.url)
+    assert f"Queued training job #{job.pk}." in messages_on(page)
+
+
+def test_a_value_the_form_refuses_is_shown_and_nothing_is_queued(browser_client, dataset):
+    response = browser_client.post("/jobs/new/", {"dataset": dataset.pk, "preset": "smoke",
+                                                  "epochs": "0"})
+    assert response.status_code == 200
+    assert response.context["form"].errors["epochs"]
+    assertContains(response, '<div class="error">Ensure this value is greater than or equal to '
+                             '1.</div>', html=True)
+    assert not TrainingJob.objects.exists()
+
+
+def test_a_config_the_trainer_refuses_is_shown_next_to_its_field_and_nothing_is_queued(
+        browser_client, dataset):
+    response = browser_client.post("/jobs/new/", {
+        "dataset": dataset.pk, "preset": "smoke", "two_phase": "1", "phase1_epochs": "5",
+    })
+    assert response.status_code == 200
+    errors = response.context["form"].errors
+    assert "less than epochs (2)" in errors["phase1_epochs"][0]
+    assert "enable augmentation" in errors["two_phase"][0]
+    assertContains(response, "less than epochs (2), got 5.")
+    assert not TrainingJob.objects.exists()
+
+
+def test_the_job_page_shows_the_job(browser_client, owner, dataset):
+    job = job_of(owner, dataset, status=Status.RUNNING, current_epoch=1,
+                 log=["12:00:00 training compact_cnn on Tiny blood (40 training images)"])
+    response = browser_client.get(f"/jobs/{job.pk}/")
+    assert response.status_code == 200
+    assertContains(response, f"Job #{job.pk}: olga&#x27;s run")
+    assertContains(response, '<span id="job-status" class="status status-running">Running</span>',
+                   html=True)
+    assertContains(response, f'data-url="/api/v1/training-jobs/{job.pk}/"')
+    assertContains(response, "training compact_cnn on Tiny blood (40 training images)")
+    assertContains(response, f'href="/datasets/{dataset.pk}/"')
+    assertContains(response, "/static/js/job_detail.js")
+
+
+def test_another_users_job_page_is_not_found(browser_client, other_user):
+    theirs = job_of(other_user, DatasetFactory(owner=other_user))
+    assert browser_client.get(f"/jobs/{theirs.pk}/").status_code == 404
+
+
+@pytest.mark.parametrize("action", ["cancel", "retry"])
+def test_another_users_job_cannot_be_cancelled_or_retried(browser_client, other_user, action):
+    theirs = job_of(other_user, DatasetFactory(owner=other_user), status=Status.FAILED)
+    assert browser_client.post(f"/jobs/{theirs.pk}/{action}/").status_code == 404
+    theirs.refresh_from_db()
+    assert theirs.status == Status.FAILED and not theirs.cancel_requested
+    assert TrainingJob.objects.count() == 1
+
+
+def test_cancel_and_retry_only_accept_posts(browser_client, owner, dataset):
+    job = job_of(owner, dataset)
+    assert browser_client.get(f"/jobs/{job.pk}/cancel/").status_code == 405
+    assert browser_client.get(f"/jobs/{job.pk}/retry/").status_code == 405
+    job.refresh_from_db()
+    assert job.status == Status.QUEUED
+
+
+def test_the_cancel_button_cancels_a_queued_job(browser_client, owner, dataset):
+    job = job_of(owner, dataset)
+    response = browser_client.post(f"/jobs/{job.pk}/cancel/", follow=True)
+    assertRedirects(response, f"/jobs/{job.pk}/")
+    assert f"Cancelling job #{job.pk}." in messages_on(response)
+    job.refresh_from_db()
+    assert job.status == Status.CANCELLED
+
+
+def test_the_cancel_button_on_the_list_returns_to_the_list(browser_client, owner, dataset):
+    job = job_of(owner, dataset, status=Status.RUNNING)
+    response = browser_client.post(f"/jobs/{job.pk}/cancel/", {"next": "list"})
+    assertRedirects(response, "/jobs/", fetch_redirect_response=False)
+    job.refresh_from_db()
+    assert job.status == Status.RUNNING and job.cancel_requested
+
+
+def test_cancelling_a_finished_job_shows_why_it_cannot(browser_client, owner, dataset):
+    job = job_of(owner, dataset, status=Status.SUCCEEDED)
+    response = browser_client.post(f"/jobs/{job.pk}/cancel/", follow=True)
+    assertRedirects(response, f"/jobs/{job.pk}/")
+    assert messages_on(response) == [
+        f"job #{job.pk} is succeeded; only queued or running jobs cancel"]
+    job.refresh_from_db()
+    assert job.status == Status.SUCCEEDED
+
+
+def test_the_retry_button_queues_the_next_attempt_and_opens_it(
+        browser_client, owner, dataset, django_capture_on_commit_callbacks):
+    job = job_of(owner, dataset, status=Status.CANCELLED)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = browser_client.post(f"/jobs/{job.pk}/retry/")
+    new = TrainingJob.objects.exclude(pk=job.pk).get()
+    assertRedirects(response, f"/jobs/{new.pk}/", fetch_redirect_response=False)
+    assert len(callbacks) == 1
+    assert new.attempt == 2 and new.retry_of == job
+    page = browser_client.get(response.url)
+    assert f"Queued job #{new.pk} (attempt 2)." in messages_on(page)
+    assertContains(page, f'retry of <a href="/jobs/{job.pk}/">#{job.pk}</a>')
+
+
+def test_retrying_a_succeeded_job_shows_why_it_cannot(browser_client, owner, dataset):
+    job = job_of(owner, dataset, status=Status.SUCCEEDED)
+    response = browser_client.post(f"/jobs/{job.pk}/retry/", follow=True)
+    assertRedirects(response, f"/jobs/{job.pk}/")
+    assert messages_on(response) == [
+        f"job #{job.pk} is succeeded; only failed or cancelled jobs retry"]
+    assert TrainingJob.objects.count() == 1
