@@ -166,7 +166,7 @@ def predictor_for(model_version: ModelVersion) -> Predictor:
     return predictor
 
 
-def _predicted_index(probabilities: np.ndarray, threshold: float | None) -> int:
+def predicted_index(probabilities: np.ndarray, threshold: float | None) -> int:
     # A tuned threshold of a two-class model applies to class 1, as in evaluation.
     if threshold is not None and len(probabilities) == 2:
         return int(probabilities[1] >= threshold)
@@ -232,7 +232,7 @@ def prediction_create(
     else:
         probabilities, spreads = predictor.predict(arrays), [None] * len(checked)
     threshold = model_version.decision_threshold
-    predicted = [_predicted_index(row, threshold) for row in probabilities]
+    predicted = [predicted_index(row, threshold) for row in probabilities]
     overlays = _gradcam_pngs(explainer, arrays, predicted)
     unusual = stats.warnings(arrays)
     latency_ms = 1000 * (checking_seconds + time.perf_counter() - started)

@@ -404,7 +404,7 @@ def _is_ignored_member(parts: list[str]) -> bool:
     )
 
 
-def _check_member_is_safe(info: zipfile.ZipInfo) -> list[str]:
+def check_member_is_safe(info: zipfile.ZipInfo) -> list[str]:
     """Path components of a member, after rejecting names that could escape the archive."""
     name = info.filename
     normalised = name.replace("\\", "/")
@@ -438,7 +438,7 @@ def _image_members(
         )
     members = []
     for info in infos:
-        parts = _check_member_is_safe(info)
+        parts = check_member_is_safe(info)
         if info.is_dir() or not parts:
             continue
         if info.file_size > limits.max_member_bytes:

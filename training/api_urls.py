@@ -1,10 +1,11 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from training.api import views
+from training.api import inference, views
 
 router = SimpleRouter()
 router.register("training-jobs", views.TrainingJobViewSet, basename="trainingjob")
+router.register("inference-jobs", inference.InferenceJobViewSet, basename="inferencejob")
 
 urlpatterns = [
     path("architectures/", views.architectures, name="api-architectures"),

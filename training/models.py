@@ -107,3 +107,68 @@ class TrainingJob(models.Model):
         if not self.started_at:
             return None
         return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
+
+
+class InferenceJob(models.Model):
+    """Classify many images at once: a dataset split or an uploaded .npz/.zip, in a worker."""
+
+    Status = TrainingJob.Status
+
+    class Source(models.TextChoices):
+        DATASET = "dataset", "Dataset split"
+        UPLOAD = "upload", "Uploaded file"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="inference_jobs"
+    )
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.CASCADE, related_name="inference_jobs"
+    )
+    source = models.CharField(max_length=10, choices=Source.choices)
+    dataset = models.ForeignKey(
+        Dataset, null=True, blank=True, on_delete=models.CASCADE, related_name="inference_jobs"
+    )
+    split = models.CharField(max_length=10, blank=True)
+    input_file = models.FileField(upload_to="inference/inputs/", blank=True, max_length=255)
+    input_name = models.CharField(max_length=255, blank=True)
+    status = models.CharField(
+        max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    claim_token = models.CharField(max_length=32, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker_host = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    results_csv = models.FileField(upload_to="inference/results/", blank=True, max_length=255)
+    results_json = models.FileField(upload_to="inference/results/", blank=True, max_length=255)
+    summary = models.JSONField(default=dict, blank=True, help_text="Counts per predicted class.")
+    report = models.JSONField(default=dict, blank=True, help_text="Evaluation, when labelled.")
+    seconds = models.FloatField(default=0)
+
+    objects = TrainingJobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Inference job #{self.pk} ({self.get_status_display()})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def progress(self) -> float:
+        if self.status == self.Status.SUCCEEDED:
+            return 1.0
+        return self.done / self.total if self.total else 0.0
+
+    @property
+    def input_description(self) -> str:
+        if self.source == self.Source.DATASET and self.dataset_id:
+            return f"{self.dataset.name} / {self.split}"
+        return self.input_name

@@ -8,27 +8,36 @@ from django.conf import settings
 from training import services
 
 
-def job_task(*, queue: str, **options):
+def job_task(**options):
     """The reliability settings every long job shares.
 
     Late acknowledgement with reject-on-worker-lost means a worker that dies mid-job leaves the
-    message to be delivered again; the service's atomic claim makes that redelivery safe.
+    message to be delivered again; the service's atomic claim makes that redelivery safe. Queues
+    are assigned by ``task_routes`` in medplatform/celery.py (``training``, ``inference``).
     """
     return shared_task(
         acks_late=True,
         reject_on_worker_lost=True,
-        queue=queue,
         soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
         time_limit=settings.CELERY_TASK_TIME_LIMIT,
         **options,
     )
 
 
-@job_task(queue="training")
+@job_task()
 def run_training_job(job_id: int) -> str:
     return services.training_job_run(job_id=job_id)
 
 
+@job_task()
+def run_inference_job(job_id: int) -> str:
+    from training.inference import inference_job_run
+
+    return inference_job_run(job_id=job_id)
+
+
 @shared_task(ignore_result=True)
 def sweep_stale_jobs() -> int:
-    return services.training_jobs_sweep()
+    from training.inference import inference_jobs_sweep
+
+    return services.training_jobs_sweep() + inference_jobs_sweep()

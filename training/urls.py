@@ -8,4 +8,6 @@ urlpatterns = [
     path("jobs/<int:pk>/", views.job_detail, name="job-detail"),
     path("jobs/<int:pk>/cancel/", views.job_cancel, name="job-cancel"),
     path("jobs/<int:pk>/retry/", views.job_retry, name="job-retry"),
+    path("inference/", views.inference_list, name="inference-list"),
+    path("inference/<int:pk>/", views.inference_detail, name="inference-detail"),
 ]

@@ -75,3 +75,51 @@ def job_retry(request, pk: int):
         return redirect("job-detail", pk=job.pk)
     messages.success(request, f"Queued job #{new.pk} (attempt {new.attempt}).")
     return redirect("job-detail", pk=new.pk)
+
+
+# --- Batch inference -----------------------------------------------------------------------------
+
+
+@login_required
+def inference_list(request):
+    """Batch jobs, and the form to start one (a split of the model's dataset, or a file)."""
+    from rest_framework.exceptions import ValidationError
+
+    from classifier import selectors as catalog_selectors
+    from training.api.inference import inference_job_from_request
+    from training.models import InferenceJob
+
+    models = catalog_selectors.model_versions_visible_to(user=request.user)
+    errors: list[str] = []
+    if request.method == "POST":
+        data = {"model": request.POST.get("model", ""), "split": request.POST.get("split", ""),
+                "file": request.FILES.get("file")}
+        if not data["model"].isdigit():
+            errors.append("choose a model")
+        elif bool(data["split"]) == bool(data["file"]):
+            errors.append("choose either a split of the model's dataset or a file to upload")
+        else:
+            data["model"] = int(data["model"])
+            try:
+                job = inference_job_from_request(request, data)
+            except ValidationError as exc:
+                detail = exc.detail if isinstance(exc.detail, dict) else {"": exc.detail}
+                errors.extend(str(m) for messages_ in detail.values() for m in messages_)
+            else:
+                messages.success(request, f"Queued batch inference job #{job.pk}.")
+                return redirect("inference-detail", pk=job.pk)
+    return render(request, "training/inference_list.html", {
+        "jobs": InferenceJob.objects.visible_to(request.user).select_related(
+            "model_version", "dataset")[:200],
+        "models": models, "errors": errors, "nav": "inference",
+    }, status=400 if errors else 200)
+
+
+@login_required
+def inference_detail(request, pk: int):
+    from django.shortcuts import get_object_or_404
+
+    from training.models import InferenceJob
+
+    job = get_object_or_404(InferenceJob.objects.visible_to(request.user), pk=pk)
+    return render(request, "training/inference_detail.html", {"job": job, "nav": "inference"})

@@ -1,0 +1,184 @@
+"""Batch inference inputs and outputs, Django-free.
+
+A batch is an ``.npz`` (an ``images`` array with optional ``labels``, or the official MedMNIST
+layout, whose ``test`` split is used) or a ``.zip`` of image files. Images in a zip may be any
+size: each goes through the dataset's own source path (:func:`medml.images.to_model_input`).
+When every top-level folder of a zip is a class name, the folder gives the label.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import BinaryIO
+
+import numpy as np
+
+from medml import dataset_io, images
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+Progress = Callable[[int, int], None]
+
+
+class BatchInputError(ValueError):
+    """A batch input that cannot be read; the message names the problem."""
+
+
+@dataclass
+class BatchInput:
+    images: np.ndarray  # uint8 (N, H, W, C)
+    names: list[str]
+    labels: np.ndarray | None = None
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _check_shape(array: np.ndarray, shape: tuple[int, int, int], what: str) -> np.ndarray:
+    if array.dtype != np.uint8:
+        raise BatchInputError(f"{what} has dtype {array.dtype}; expected uint8")
+    if array.ndim == 3 and shape[2] == 1:
+        array = array[..., np.newaxis]
+    if array.ndim != 4 or tuple(array.shape[1:]) != tuple(shape):
+        raise BatchInputError(
+            f"{what} has shape {tuple(array.shape)}; the model takes (N, {shape[0]}, {shape[1]}, "
+            f"{shape[2]}) images"
+        )
+    if len(array) == 0:
+        raise BatchInputError(f"{what} is empty")
+    return array
+
+
+def _labels(raw: np.ndarray, count: int, num_classes: int) -> np.ndarray:
+    labels = np.asarray(raw)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or len(labels) != count or not np.issubdtype(labels.dtype, np.integer):
+        raise BatchInputError(
+            f"labels must be {count} integers, got shape {labels.shape} and dtype {labels.dtype}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise BatchInputError(f"labels must lie in 0..{num_classes - 1}")
+    return labels.astype(np.int64)
+
+
+def read_npz(source: BinaryIO, *, shape: tuple[int, int, int], num_classes: int) -> BatchInput:
+    # np.load takes anything that is not a zip for a pickle or a bare .npy array: refuse it
+    # here, so the message says what is wrong rather than something about pickles.
+    if not zipfile.is_zipfile(source):
+        raise BatchInputError("not a valid .npz file (it is not a zip archive of arrays)")
+    source.seek(0)
+    try:
+        with np.load(source, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            if "images" in keys:
+                imgs = _check_shape(npz["images"], shape, "images")
+                labels = _labels(npz["labels"], len(imgs), num_classes) if "labels" in keys else None
+            elif {"test_images", "test_labels"} <= keys:
+                imgs = _check_shape(npz["test_images"], shape, "test_images")
+                labels = _labels(npz["test_labels"], len(imgs), num_classes)
+            else:
+                raise BatchInputError("the .npz needs an 'images' array (and optionally 'labels'), "
+                                      "or the MedMNIST test_images/test_labels keys")
+    except BatchInputError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+            raise BatchInputError("object arrays are not allowed (pickled data)") from exc
+        raise BatchInputError(f"not a valid .npz file ({exc})") from exc
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
+        raise BatchInputError(f"not a valid .npz file ({exc})") from exc
+    return BatchInput(images=imgs, names=[str(i) for i in range(len(imgs))], labels=labels)
+
+
+def read_zip(
+    source: BinaryIO, *, shape: tuple[int, int, int], class_names: list[str],
+    preprocessing: dict | None, limits: dataset_io.ImportLimits, max_image_bytes: int,
+    progress: Progress | None = None,
+) -> BatchInput:
+    try:
+        archive = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BatchInputError(f"not a valid .zip file ({exc})") from exc
+    with archive:
+        members = []
+        for info in archive.infolist():
+            try:
+                parts = dataset_io.check_member_is_safe(info)
+            except dataset_io.DatasetFormatError as exc:
+                raise BatchInputError(str(exc)) from exc
+            path = PurePosixPath(*parts) if parts else PurePosixPath(info.filename)
+            if info.is_dir() or any(p.startswith(".") or p == "__MACOSX" for p in path.parts):
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise BatchInputError(f"'{info.filename}' is not a PNG, JPEG, BMP or TIFF file")
+            # Refused from its declared size: reading it first would expand a zip bomb in memory.
+            if info.file_size > max_image_bytes:
+                raise BatchInputError(f"'{info.filename}' has {info.file_size} bytes; the limit "
+                                      f"is {max_image_bytes}")
+            members.append(info)
+        if not members:
+            raise BatchInputError("the archive holds no images")
+        if len(members) > limits.max_members:
+            raise BatchInputError(
+                f"archive has {len(members)} images; the limit is {limits.max_members}")
+        if sum(m.file_size for m in members) > limits.max_total_bytes:
+            raise BatchInputError(f"archive expands past the limit of {limits.max_total_bytes} bytes")
+        members.sort(key=lambda m: m.filename)
+        tops = {PurePosixPath(m.filename).parts[0] for m in members}
+        labelled = all(len(PurePosixPath(m.filename).parts) > 1 for m in members) and \
+            tops <= set(class_names)
+        arrays, names, labels, notes = [], [], [], {}
+        for done, info in enumerate(members, start=1):
+            try:
+                image = images.decode_upload(archive.read(info), max_pixels=limits.max_image_pixels,
+                                             max_bytes=max_image_bytes)
+                array, warn = images.to_model_input(
+                    image, height=shape[0], width=shape[1], channels=shape[2],
+                    preprocessing=preprocessing)
+            except images.ImageInputError as exc:
+                raise BatchInputError(f"'{info.filename}': {exc}") from exc
+            arrays.append(array)
+            names.append(info.filename)
+            if warn:
+                notes[info.filename] = warn
+            if labelled:
+                labels.append(class_names.index(PurePosixPath(info.filename).parts[0]))
+            if progress and (done % 64 == 0 or done == len(members)):
+                progress(done, len(members))
+    return BatchInput(images=np.stack(arrays), names=names,
+                      labels=np.asarray(labels, dtype=np.int64) if labelled else None,
+                      warnings=notes)
+
+
+def write_results(
+    batch: BatchInput, probs: np.ndarray, predicted: np.ndarray, class_names: list[str]
+) -> tuple[bytes, bytes]:
+    """The results as CSV and JSON bytes: name, predicted class, each class's probability."""
+    rows = []
+    for i, name in enumerate(batch.names):
+        row = {"name": name, "predicted_index": int(predicted[i]),
+               "predicted_label": class_names[int(predicted[i])],
+               "probabilities": {c: round(float(p), 6) for c, p in zip(class_names, probs[i],
+                                                                       strict=True)}}
+        if batch.labels is not None:
+            row["true_index"] = int(batch.labels[i])
+            row["true_label"] = class_names[int(batch.labels[i])]
+        if name in batch.warnings:
+            row["warnings"] = batch.warnings[name]
+        rows.append(row)
+    text = io.StringIO()
+    header = ["name", "predicted_index", "predicted_label"] + \
+        (["true_label"] if batch.labels is not None else []) + [f"p[{c}]" for c in class_names]
+    writer = csv.writer(text)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([row["name"], row["predicted_index"], row["predicted_label"]]
+                        + ([row["true_label"]] if batch.labels is not None else [])
+                        + [f"{row['probabilities'][c]:.6f}" for c in class_names])
+    return text.getvalue().encode(), json.dumps(rows).encode()

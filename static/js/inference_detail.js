@@ -1,0 +1,48 @@
+// Live view of a batch inference job: progress, class counts, evaluation, download links.
+(function () {
+  "use strict";
+  const root = document.getElementById("inference-job");
+  if (!root) return;
+  const $ = (id) => document.getElementById(id);
+  const LABELS = { queued: "Queued", running: "Running", succeeded: "Succeeded", failed: "Failed", cancelled: "Cancelled" };
+
+  function render(job) {
+    $("inf-status").textContent = LABELS[job.status] || job.status;
+    $("inf-status").className = "status status-" + job.status;
+    $("inf-done").textContent = job.done;
+    $("inf-total").textContent = job.total;
+    const pct = Math.round(job.progress * 100);
+    document.querySelector("#inf-progress .bar").style.width = pct + "%";
+    document.querySelector("#inf-progress .label").textContent = pct + "%";
+    $("inf-error").textContent = job.error || "";
+    $("inf-downloads").hidden = job.status !== "succeeded";
+    const body = document.querySelector("#inf-summary tbody");
+    body.innerHTML = "";
+    for (const [name, count] of Object.entries(job.summary || {})) {
+      const tr = document.createElement("tr");
+      const a = document.createElement("td"); a.textContent = name;
+      const b = document.createElement("td"); b.textContent = count; b.className = "num";
+      tr.append(a, b); body.appendChild(tr);
+    }
+    const report = job.report || {};
+    if (report.accuracy !== undefined) {
+      $("inf-report-card").hidden = false;
+      const dl = $("inf-report");
+      dl.innerHTML = "";
+      const rows = [["accuracy", report.accuracy], ["balanced accuracy", report.balanced_accuracy], ["AUC", report.auc], ["n", report.n]];
+      for (const [k, v] of rows) {
+        const dt = document.createElement("dt"); dt.textContent = k;
+        const dd = document.createElement("dd"); dd.textContent = typeof v === "number" ? (Number.isInteger(v) ? v : v.toFixed(4)) : "—";
+        dl.append(dt, dd);
+      }
+    }
+  }
+
+  function poll() {
+    fetch(root.dataset.url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
+      .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+      .then((job) => { render(job); if (["queued", "running"].includes(job.status)) setTimeout(poll, 1000); })
+      .catch(() => setTimeout(poll, 3000));
+  }
+  poll();
+})();

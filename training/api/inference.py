@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, parsers, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.response import Response
+
+from classifier import selectors as catalog_selectors
+from training import inference
+from training.models import InferenceJob
+
+
+class InferenceJobSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    model_name = serializers.CharField(source="model_version.__str__", read_only=True)
+    progress = serializers.FloatField(read_only=True)
+    input = serializers.CharField(source="input_description", read_only=True)
+    results_csv_url = serializers.SerializerMethodField()
+    results_json_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = InferenceJob
+        fields = ["id", "owner", "model_version", "model_name", "source", "dataset", "split",
+                  "input", "status", "total", "done", "progress", "created_at", "started_at",
+                  "finished_at", "seconds", "error", "summary", "report", "results_csv_url",
+                  "results_json_url"]
+        read_only_fields = fields
+
+    def _url(self, obj, kind) -> str | None:
+        if obj.status != InferenceJob.Status.SUCCEEDED:
+            return None
+        return f"/api/v1/inference-jobs/{obj.pk}/results/{kind}/"
+
+    def get_results_csv_url(self, obj) -> str | None:
+        return self._url(obj, "csv")
+
+    def get_results_json_url(self, obj) -> str | None:
+        return self._url(obj, "json")
+
+
+class InferenceJobCreateSerializer(serializers.Serializer):
+    model = serializers.IntegerField(help_text="Model version id.")
+    split = serializers.ChoiceField(choices=["train", "val", "test"], required=False,
+                                    help_text="A split of the model's dataset (or upload a file).")
+    file = serializers.FileField(required=False,
+                                 help_text=".npz (images [+ labels]) or .zip of images")
+
+    def validate(self, attrs):
+        if bool(attrs.get("split")) == bool(attrs.get("file")):
+            raise ValidationError({"non_field_errors": ["give either a split or a file"]})
+        return attrs
+
+
+def inference_job_from_request(request, data) -> InferenceJob:
+    """Shared by the API and the page: validate, then create (400-style errors as exceptions)."""
+    model = catalog_selectors.model_versions_visible_to(user=request.user).filter(
+        pk=data["model"]).first()
+    if model is None:
+        raise ValidationError({"model": [f"no model {data['model']} that you can use"]})
+    try:
+        return inference.inference_job_create(
+            owner=request.user, model_version=model,
+            dataset=model.dataset if data.get("split") else None,
+            split=data.get("split") or "", upload=data.get("file"))
+    except inference.InferenceInputError as exc:
+        raise ValidationError({"file" if data.get("file") else "split": [str(exc)]}) from exc
+
+
+class InferenceJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                          viewsets.GenericViewSet):
+    """Batch inference: classify a dataset split or an uploaded .npz/.zip in a worker."""
+
+    serializer_class = InferenceJobSerializer
+    parser_classes = [parsers.MultiPartParser, parsers.FormParser, parsers.JSONParser]
+
+    def get_queryset(self):
+        return InferenceJob.objects.visible_to(self.request.user).select_related(
+            "owner", "model_version", "dataset")
+
+    @extend_schema(request={"multipart/form-data": InferenceJobCreateSerializer},
+                   responses={201: InferenceJobSerializer})
+    def create(self, request, *args, **kwargs):
+        form = InferenceJobCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        job = inference_job_from_request(request, form.validated_data)
+        return Response(InferenceJobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.BINARY})
+    @action(detail=True, methods=["get"], url_path=r"results/(?P<kind>csv|json)")
+    def results(self, request, pk=None, kind=None):
+        job = self.get_object()
+        stored = job.results_csv if kind == "csv" else job.results_json
+        if job.status != InferenceJob.Status.SUCCEEDED or not stored:
+            raise NotFound("results are ready when the job has succeeded")
+        response = FileResponse(stored.open("rb"), as_attachment=True,
+                                filename=f"inference-job-{job.pk}.{kind}",
+                                content_type="text/csv" if kind == "csv" else "application/json")
+        response["X-Content-Type-Options"] = "nosniff"
+        return response

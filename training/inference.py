@@ -1,0 +1,182 @@
+"""Batch inference jobs: classify a dataset split or an uploaded file in a worker.
+
+Input is validated when the job is created (a bad file is refused there and stores nothing);
+the worker claims the job atomically, predicts in batches with progress, writes CSV and JSON
+results and, when the input is labelled, the same evaluation report as for test sets.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from datetime import timedelta
+from typing import BinaryIO
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from classifier import selectors as catalog_selectors
+from classifier import services as catalog_services
+from classifier import services_predict
+from classifier import services_registry as registry_services
+from classifier.models import Dataset, ModelVersion
+from medml import batch as medml_batch
+from training.models import InferenceJob
+
+logger = logging.getLogger(__name__)
+
+Status = InferenceJob.Status
+BATCH_SIZE = 256
+
+
+class InferenceInputError(Exception):
+    """A batch input refused before anything was stored; the message says why."""
+
+
+def _read_input(*, model_version: ModelVersion, source: BinaryIO, filename: str,
+                progress=None) -> medml_batch.BatchInput:
+    dataset = model_version.dataset
+    suffix = filename.lower().rsplit(".", 1)[-1] if "." in filename else ""
+    if suffix == "npz":
+        return medml_batch.read_npz(source, shape=dataset.image_shape,
+                                    num_classes=dataset.num_classes)
+    if suffix == "zip":
+        limits = catalog_services.import_limits()
+        return medml_batch.read_zip(
+            source, shape=dataset.image_shape, class_names=list(dataset.class_names),
+            preprocessing=dataset.source_preprocessing, limits=limits,
+            max_image_bytes=services_predict.prediction_limits()["max_bytes"], progress=progress)
+    raise medml_batch.BatchInputError(
+        f"unsupported file type '{filename}': upload an .npz or a .zip of images")
+
+
+def inference_job_create(
+    *, owner, model_version: ModelVersion, dataset: Dataset | None = None, split: str = "",
+    upload=None,
+) -> InferenceJob:
+    """Check the input and queue a batch inference job for ``model_version``."""
+    if upload is None:
+        if dataset is None or dataset.pk != model_version.dataset_id:
+            raise InferenceInputError("choose a split of the model's own dataset, or upload a file")
+        if split not in dataset.split_counts:
+            raise InferenceInputError(f"unknown split '{split}'; choose one of "
+                                      f"{', '.join(dataset.splits)}")
+        fields = {"source": InferenceJob.Source.DATASET, "dataset": dataset, "split": split,
+                  "total": dataset.split_counts[split]}
+    else:
+        try:
+            batch = _read_input(model_version=model_version, source=upload, filename=upload.name)
+        except medml_batch.BatchInputError as exc:
+            raise InferenceInputError(f"{upload.name}: {exc}") from exc
+        upload.seek(0)
+        fields = {"source": InferenceJob.Source.UPLOAD, "input_name": upload.name[:255],
+                  "total": len(batch)}
+    stored = None
+    if upload is not None:
+        suffix = upload.name.lower().rsplit(".", 1)[-1]
+        stored = default_storage.save(f"inference/inputs/{uuid.uuid4().hex}.{suffix}", upload)
+    try:
+        with transaction.atomic():
+            job = InferenceJob.objects.create(owner=owner, model_version=model_version,
+                                              input_file=stored or "", **fields)
+            transaction.on_commit(lambda: inference_job_enqueue(job=job))
+    except Exception:
+        if stored:
+            default_storage.delete(stored)
+        raise
+    return job
+
+
+def inference_job_enqueue(*, job: InferenceJob) -> None:
+    from training.tasks import run_inference_job
+
+    run_inference_job.apply_async(args=[job.pk])
+
+
+def _claim(job_id: int) -> str | None:
+    token = uuid.uuid4().hex
+    now = timezone.now()
+    claimed = InferenceJob.objects.filter(pk=job_id, status=Status.QUEUED).update(
+        status=Status.RUNNING, claim_token=token, heartbeat_at=now, started_at=now,
+        worker_host=socket.gethostname())
+    if claimed:
+        return token
+    stale = now - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT)
+    if InferenceJob.objects.filter(pk=job_id, status=Status.RUNNING,
+                                   heartbeat_at__lt=stale).update(claim_token=token,
+                                                                  heartbeat_at=now):
+        return token  # its worker died; batch inference simply starts over
+    return None
+
+
+def inference_job_run(*, job_id: int) -> str:
+    """Claim and run one batch inference job to a terminal state."""
+    token = _claim(job_id)
+    if token is None:
+        return "skipped: finished or held by a live worker"
+    job = InferenceJob.objects.select_related("model_version__dataset").get(pk=job_id)
+    mine = InferenceJob.objects.filter(pk=job_id, claim_token=token, status=Status.RUNNING)
+    started = time.perf_counter()
+    try:
+        model = job.model_version
+        class_names = list(model.dataset.class_names)
+        if job.source == InferenceJob.Source.DATASET:
+            arrays = catalog_selectors.dataset_arrays(dataset=job.dataset)
+            batch = medml_batch.BatchInput(
+                images=arrays.images(job.split), labels=arrays.labels(job.split),
+                names=[f"{job.split}[{i}]" for i in range(len(arrays.labels(job.split)))])
+        else:
+            with job.input_file.open("rb") as fh:
+                batch = _read_input(model_version=model, source=fh, filename=job.input_name)
+        predictor = services_predict.predictor_for(model)
+        probs = np.empty((len(batch), len(class_names)), dtype=np.float32)
+        last_beat = 0.0
+        for start in range(0, len(batch), BATCH_SIZE):
+            stop = min(start + BATCH_SIZE, len(batch))
+            probs[start:stop] = predictor.predict(batch.images[start:stop])
+            if time.monotonic() - last_beat > 1.0 or stop == len(batch):
+                if not mine.update(done=stop, heartbeat_at=timezone.now()):
+                    return "lost the job"
+                last_beat = time.monotonic()
+        predicted = np.array([services_predict.predicted_index(p, model.decision_threshold)
+                              for p in probs])
+        csv_bytes, json_bytes = medml_batch.write_results(batch, probs, predicted, class_names)
+        report = {}
+        if batch.labels is not None:
+            # The registry's report: for two classes it applies the model's decision threshold,
+            # as the predictions above do, so the report describes the rows of the CSV.
+            report = registry_services._report(model, batch.labels, probs)
+        counts = np.bincount(predicted, minlength=len(class_names))
+        summary = {name: int(n) for name, n in zip(class_names, counts, strict=True)}
+        csv_name = default_storage.save(f"inference/results/job-{job_id}.csv",
+                                        ContentFile(csv_bytes))
+        json_name = default_storage.save(f"inference/results/job-{job_id}.json",
+                                         ContentFile(json_bytes))
+        if not mine.update(status=Status.SUCCEEDED, finished_at=timezone.now(),
+                           results_csv=csv_name, results_json=json_name, summary=summary,
+                           report=report, done=len(batch),
+                           seconds=time.perf_counter() - started):
+            default_storage.delete(csv_name)
+            default_storage.delete(json_name)
+            return "lost the job"
+    except Exception as exc:
+        logger.exception("inference job %s failed", job_id)
+        mine.update(status=Status.FAILED, finished_at=timezone.now(),
+                    error=f"{type(exc).__name__}: {exc}")
+        return "failed"
+    return "succeeded"
+
+
+def inference_jobs_sweep() -> int:
+    """Queue again the running jobs whose worker stopped sending heartbeats."""
+    stale = timezone.now() - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT)
+    jobs = list(InferenceJob.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale))
+    for job in jobs:
+        inference_job_enqueue(job=job)
+    return len(jobs)
