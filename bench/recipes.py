@@ -6,6 +6,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from bench.common import load_medmnist, mean_std
 
 _DATA_CACHE: dict = {}
@@ -17,7 +19,22 @@ def dataset(flag: str):
     return _DATA_CACHE[flag]
 
 
-def train_preset(preset: str, flag: str, *, seed: int, overrides: dict | None = None) -> dict:
+def _train_subset(data, size: int, seed: int):
+    """A stratified subset of the training split (validation and test stay whole)."""
+    from medml.data import DatasetArrays
+
+    images, labels = data.splits["train"]
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([
+        rng.permutation(np.flatnonzero(labels == c))[: max(1, round(size * np.mean(labels == c)))]
+        for c in range(data.num_classes)])
+    keep.sort()
+    return DatasetArrays(splits={**data.splits, "train": (images[keep], labels[keep])},
+                         class_names=data.class_names)
+
+
+def train_preset(preset: str, flag: str, *, seed: int, overrides: dict | None = None,
+                 train_subset: int | None = None) -> dict:
     """One run: the model is chosen on validation; the test split is evaluated once at the end."""
     from medml.config import resolve_preset
     from medml.fit import TrainingHooks, train
@@ -31,6 +48,8 @@ def train_preset(preset: str, flag: str, *, seed: int, overrides: dict | None = 
 
     config = resolve_preset(preset, {**(overrides or {}), "seed": seed})
     data = dataset(flag)
+    if train_subset:
+        data = _train_subset(data, train_subset, seed)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         result = train(config=config, data=data, workdir=Path(workdir), hooks=Progress())
@@ -38,6 +57,7 @@ def train_preset(preset: str, flag: str, *, seed: int, overrides: dict | None = 
     test = result.test_metrics or {}
     return {
         "preset": preset, "dataset": flag, "seed": seed, "config": config.to_dict(),
+        "train_images": len(data.labels("train")),
         "epochs_completed": result.epochs_completed, "best_epoch": result.best_epoch,
         "monitor": result.monitor, "best_val": result.best_metric,
         "val_accuracy": result.val_metrics.get("accuracy"), "val_auc": result.val_metrics.get("auc"),

@@ -60,10 +60,12 @@ def _cpu_recipe(r: dict) -> list[str]:
 
 def _report_models(r: dict) -> list[str]:
     lines = _header(r) + [
-        "| preset | dataset | epochs here | test ACC | report ACC | majority rate | ≥ report | > majority |",
-        "|---|---|---|---|---|---|---|---|"]
+        "| preset | dataset | epochs here | train images | test ACC | report ACC | majority rate "
+        "| ≥ report | > majority |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         lines.append(f"| {row['preset']} | {row['dataset']} | {row['epochs']} | "
+                     f"{row.get('train_images', '—')} | "
                      f"{_fmt(row['summary'].get('test_accuracy'))} | {row['report_accuracy']} | "
                      f"{row['majority_rate']} | {row['at_least_report']} | {row['above_majority']} |")
     return lines
