@@ -191,7 +191,8 @@ def _gradcam_pngs(explainer: GradCam | None, arrays: np.ndarray, classes: list[i
 
 
 def prediction_create(
-    *, user, model_version: ModelVersion, files: list[UploadedFile], tta: bool = False
+    *, user, model_version: ModelVersion, files: list[UploadedFile], tta: bool = False,
+    explain: bool = True,
 ) -> list[Prediction]:
     """Classify uploaded images with one model and record each prediction.
 
@@ -207,6 +208,7 @@ def prediction_create(
         files: The uploaded image files, in the order the results are returned.
         tta: Average over the image and its mirror images and record their spread as
             ``uncertainty``.
+        explain: Compute the Grad-CAM overlays (``gradcam_png`` is ``None`` without).
 
     Raises:
         PredictionInputError: for bad files or a model the user may not use; nothing stored.
@@ -221,7 +223,7 @@ def prediction_create(
 
     # One-off per process: loading the model and the training statistics is not request latency.
     predictor = predictor_for(model_version)
-    explainer = _explainer_for(predictor)
+    explainer = _explainer_for(predictor) if explain else None
     stats = selectors.dataset_input_stats(dataset=model_version.dataset)
 
     started = time.perf_counter()

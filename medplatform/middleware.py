@@ -1,5 +1,7 @@
 """Response headers that keep uploaded and rendered content from running as script."""
 
+import time
+
 from django.conf import settings
 
 DEFAULT_CSP = (
@@ -18,4 +20,17 @@ class ContentSecurityPolicyMiddleware:
         response = self.get_response(request)
         response.headers.setdefault("Content-Security-Policy", self.policy)
         response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+
+class ServerTimingMiddleware:
+    """Adds ``Server-Timing: app;dur=<ms>``: time spent in Django, for clients and benchmarks."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        response = self.get_response(request)
+        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.3f}"
         return response

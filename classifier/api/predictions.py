@@ -69,6 +69,9 @@ class PredictionCreateSerializer(serializers.Serializer):
     tta = serializers.BooleanField(
         default=False, help_text="Average over mirror images and report the spread as uncertainty."
     )
+    gradcam = serializers.BooleanField(
+        default=True, help_text="Return a Grad-CAM overlay per image (false: faster answers)."
+    )
 
     def validate(self, attrs):
         user = self.context["request"].user
@@ -152,7 +155,7 @@ class PredictionViewSet(
         try:
             predictions = services_predict.prediction_create(
                 user=request.user, model_version=data["model_version"], files=data["images"],
-                tta=data["tta"],
+                tta=data["tta"], explain=data["gradcam"],
             )
         except services_predict.PredictionInputError as exc:
             raise ValidationError({"images": exc.messages}) from exc

@@ -579,3 +579,13 @@ def test_the_history_page_filters_by_label(browser_client, history):
     html = browser_client.get(reverse("prediction-list"), {"label": "carcinoma"}).content.decode()
     shown = [r["id"] for r in history["mine"] if f'data-prediction-id="{r["id"]}"' in html]
     assert shown == [history["mine"][1]["id"]]
+
+
+
+def test_it_skips_the_heatmap_when_the_client_asks_for_speed(client, model, dataset_arrays):
+    response = post(client, [png(dataset_arrays["test_images"][0])], model=model.pk, gradcam="false")
+
+    assert response.status_code == 201, response.content
+    assert response.json()[0]["gradcam"] is None
+    assert response.json()[0]["predicted_label"]
+    assert "app;dur=" in response.headers["Server-Timing"]
