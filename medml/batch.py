@@ -178,7 +178,12 @@ def write_results(
     writer = csv.writer(text)
     writer.writerow(header)
     for row in rows:
-        writer.writerow([row["name"], row["predicted_index"], row["predicted_label"]]
+        writer.writerow([_csv_safe(row["name"]), row["predicted_index"], row["predicted_label"]]
                         + ([row["true_label"]] if batch.labels is not None else [])
                         + [f"{row['probabilities'][c]:.6f}" for c in class_names])
     return text.getvalue().encode(), json.dumps(rows).encode()
+
+
+def _csv_safe(text: str) -> str:
+    """File names are user input: keep a spreadsheet from reading one as a formula."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

@@ -132,8 +132,12 @@ def inference_job_run(*, job_id: int) -> str:
                 images=arrays.images(job.split), labels=arrays.labels(job.split),
                 names=[f"{job.split}[{i}]" for i in range(len(arrays.labels(job.split)))])
         else:
+            def reading(done: int, total: int) -> None:  # decoding a big zip takes a while
+                mine.update(heartbeat_at=timezone.now())
+
             with job.input_file.open("rb") as fh:
-                batch = _read_input(model_version=model, source=fh, filename=job.input_name)
+                batch = _read_input(model_version=model, source=fh, filename=job.input_name,
+                                    progress=reading)
         predictor = services_predict.predictor_for(model)
         probs = np.empty((len(batch), len(class_names)), dtype=np.float32)
         last_beat = 0.0

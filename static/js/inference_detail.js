@@ -29,7 +29,7 @@
       $("inf-report-card").hidden = false;
       const dl = $("inf-report");
       dl.innerHTML = "";
-      const rows = [["accuracy", report.accuracy], ["balanced accuracy", report.balanced_accuracy], ["AUC", report.auc], ["n", report.n]];
+      const rows = [["accuracy", report.accuracy], ["balanced accuracy", report.balanced_accuracy], ["AUC", report.roc_auc], ["n", report.n]];
       for (const [k, v] of rows) {
         const dt = document.createElement("dt"); dt.textContent = k;
         const dd = document.createElement("dd"); dd.textContent = typeof v === "number" ? (Number.isInteger(v) ? v : v.toFixed(4)) : "—";
