@@ -166,7 +166,9 @@ def test_docker_compose_accepts_the_file_and_insists_on_the_secrets(tmp_path):
     # An empty env file stands in for docker/.env, so a developer's own file plays no part.
     command[4:4] = ["--env-file", str(tmp_path / "empty.env")]
     (tmp_path / "empty.env").write_text("")
-    base_env = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "POSTGRES_PASSWORD"}}
+    # The compose file interpolates these; the test run's own values must not leak in.
+    interpolated = {"SECRET_KEY", "POSTGRES_PASSWORD", "DATABASE_URL", "REDIS_URL"}
+    base_env = {k: v for k, v in os.environ.items() if k not in interpolated}
 
     configured = subprocess.run(
         [*command, "--format", "json"],
