@@ -20,6 +20,7 @@ BENCHMARKS = {
     "accuracy": "bench.accuracy",        # recipes over seeds on the official splits
     "report_models": "bench.report_models",  # the report's six models, reproduced
     "overhead": "bench.overhead",        # platform job vs. bare model.fit, same config
+    "serving": "bench.serving",          # prediction API and batch jobs vs. bare baselines
 }
 
 

@@ -80,11 +80,75 @@ def _overhead(r: dict) -> list[str]:
         f"≤ {r['target_ratio']} ({'met' if r['met'] else 'not met'}) |"]
 
 
+def _serving(r: dict) -> list[str]:
+    api, batch, cam, t, met = r["api"], r["batch"], r["gradcam"], r["targets"], r["met"]
+
+    def ok(key: str) -> str:
+        return "met" if met[key] else "not met"
+
+    def ms(stat: dict) -> str:
+        return f"{stat['median']:.2f} / {stat['p90']:.2f} / {stat['p99']:.2f}"
+
+    m = r["model"]
+    lines = _header(r) + [
+        f"Model: {m['architecture']} ({m['params']:,} parameters, 1 epoch, test ACC "
+        f"{m['test_accuracy']:.3f}) on {r['dataset']} {'x'.join(map(str, m['input']))}. "
+        f"Load average at start {r['load_average_at_start']}, at end {r['load_average_at_end']}.",
+        "",
+        f"Single-image `POST` ({api['server']}, {api['clients']} concurrent clients, "
+        f"`gradcam=false`):", "",
+        "| server | requests | errors | req/s | server ms median / p90 / p99 "
+        "| client ms median / p90 / p99 |",
+        "|---|---|---|---|---|---|"]
+    for name, label in (("platform", "platform `/api/v1/predictions/`"),
+                        ("bare", "bare DRF view: decode + predict")):
+        s = api[name]
+        lines.append(f"| {label} | {s['requests']} | {s['errors']} | {s['requests_per_s']:.1f} | "
+                     f"{ms(s['server_ms'])} | {ms(s['latency_ms'])} |")
+    g = api["platform_gradcam_true"]
+    lines += ["", f"Platform with `gradcam=true` (1 client, {g['requests']} requests): server "
+                  f"{ms(g['server_ms'])} ms.", "",
+              f"Batch inference, batch {batch['batch_size']}, {batch['images']} test images "
+              f"(median of {batch['repeats']}):", "",
+              "| path | images/s | median s |", "|---|---|---|"]
+    for key, label in (("predictor", "predictor (compiled `tf.function`)"),
+                       ("platform_job", "platform job on an uploaded .npz (read → results)"),
+                       ("platform_job_with_create", "… including job creation (upload check)"),
+                       ("platform_job_split", "platform job on the test split"),
+                       ("platform_job_unlabelled", "platform job, .npz without labels (no report)"),
+                       ("onnx", f"ONNX Runtime ({batch['onnx']['intra_op_threads']} threads)"),
+                       ("onnx_1_thread", "ONNX Runtime (1 thread)")):
+        if key not in batch:
+            continue
+        lines.append(f"| {label} | {batch[key]['images_per_s']:,.0f} | "
+                     f"{batch[key]['median_seconds']:.3f} |")
+    single = batch["single_image_ms"]
+    lines += ["", f"One image in-process: predictor {single['predictor']['median']:.2f} ms, "
+                  f"ONNX Runtime {single['onnx']['median']:.2f} ms (median). Grad-CAM "
+                  f"({cam['runs']} runs): heatmap {ms(cam['heatmap_ms'])} ms, with overlay PNG "
+                  f"{ms(cam['heatmap_and_overlay_png_ms'])} ms (median / p90 / p99).", "",
+              "| target | value | goal | |", "|---|---|---|---|",
+              f"| API throughput, platform / bare | {r['values']['api_ratio']:.3f} | "
+              f"≥ {t['api_ratio']} | {ok('api_ratio')} |",
+              f"| platform server time, median | {r['values']['api_server_median_ms']:.2f} ms | "
+              f"≤ {t['api_server_median_ms']} ms | {ok('api_server_median_ms')} |",
+              f"| batch throughput, platform job / predictor | {r['values']['batch_ratio']:.3f} | "
+              f"≥ {t['batch_ratio']} | {ok('batch_ratio')} |",
+              f"| Grad-CAM, one image, median | {r['values']['gradcam_median_ms']:.1f} ms | "
+              f"≤ {t['gradcam_median_ms']} ms | {ok('gradcam_median_ms')} |"]
+    if r["ratios"].get("batch_platform_vs_onnx"):
+        lines += ["", f"Platform job / ONNX Runtime: {r['ratios']['batch_platform_vs_onnx']:.3f} "
+                      f"(reference figure for ONNX Runtime: "
+                      f"{batch['onnx_reference_images_per_s']:,} images/s)."]
+    return lines
+
+
 RENDERERS = {"throughput": ("Training and inference throughput", _throughput),
              "cpu_recipe": ("CPU recipe (BloodMNIST)", _cpu_recipe),
              "accuracy": ("Accuracy over seeds (official test splits)", _accuracy),
              "report_models": ("The report's six models", _report_models),
-             "overhead": ("Platform overhead", _overhead)}
+             "overhead": ("Platform overhead", _overhead),
+             "serving": ("Serving: prediction API, batch inference, Grad-CAM", _serving)}
 
 
 def write() -> None:

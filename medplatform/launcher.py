@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -48,6 +49,20 @@ def _stop(processes: dict[str, subprocess.Popen], grace: float = 10.0) -> None:
         proc.wait()
 
 
+def _use_wal_journal() -> None:
+    """With SQLite, readers and the writer stop blocking each other (web, worker, launcher).
+
+    The journal mode is a property of the database file, so it is set once, before the other
+    processes start; it needs no open connections besides this one.
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        with contextlib.closing(sqlite3.connect(database["NAME"])) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+
+
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medplatform.settings")
     host = os.environ.get("HOST", "127.0.0.1")
@@ -73,6 +88,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         _manage("migrate", "--noinput")
+        _use_wal_journal()
         _manage("collectstatic", "--noinput", "-v", "0")
         _manage("ensure_admin")
         print("Importing MedMNIST datasets (MEDMNIST_DIR, else the official download)…", flush=True)

@@ -77,7 +77,8 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'd
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web server, worker and launcher share one SQLite file: wait for locks instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+        # synchronous=NORMAL is safe with the WAL journal the launcher switches on at start.
+        {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA synchronous=NORMAL;"}
     )
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
@@ -146,6 +147,7 @@ MODEL_CACHE_DIR = Path(env("MODEL_CACHE_DIR", default=str(VAR_DIR / "model-cache
 MEDMNIST_DIR = env("MEDMNIST_DIR", default=str(BASE_DIR.parent / "shared" / "data"))
 MEDMNIST_IMPORT = env.list("MEDMNIST_IMPORT", default=["bloodmnist", "breastmnist"])
 MEDMNIST_DOWNLOAD_TIMEOUT = env.float("MEDMNIST_DOWNLOAD_TIMEOUT", default=10.0)
+MODEL_EVALUATION_BOOTSTRAP = env.int("MODEL_EVALUATION_BOOTSTRAP", default=1000)
 MEDML_WEIGHTS_DIR = env("MEDML_WEIGHTS_DIR", default=str(VAR_DIR / "weights"))
 WORK_DIR = Path(env("MEDPLATFORM_WORK_DIR", default=str(VAR_DIR / "work")))
 

@@ -16,6 +16,9 @@ from rest_framework.response import Response
 from classifier import selectors, services, services_predict
 from classifier.models import ModelVersion, Prediction
 
+# Reports and histories are large JSON documents that serving never reads.
+HEAVY_MODEL_FIELDS = ("metrics", "val_metrics", "history", "manifest")
+
 
 class PredictionModelSerializer(serializers.ModelSerializer):
     dataset_name = serializers.CharField(source="dataset.name", read_only=True)
@@ -79,7 +82,8 @@ class PredictionCreateSerializer(serializers.Serializer):
         if model_id is None and dataset_id is None:
             raise ValidationError({"model": ["choose a model, or a dataset to use its default model"]})
         if model_id is not None:
-            model_version = selectors.model_versions_visible_to(user=user).filter(pk=model_id).first()
+            model_version = (selectors.model_versions_visible_to(user=user).filter(pk=model_id)
+                             .defer(*HEAVY_MODEL_FIELDS).first())
             if model_version is None:
                 raise ValidationError(
                     {"model": [f"model {model_id} does not exist or is not visible to you"]}
