@@ -29,20 +29,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"any of: {', '.join(BENCHMARKS)}; or 'all'")
     parser.add_argument("--seeds", type=int, default=None, help="Seeds per recipe.")
     parser.add_argument("--quick", action="store_true", help="Fewer epochs: a smoke run.")
+    parser.add_argument("--only", help="accuracy: run one preset, keep the others' results.")
     args = parser.parse_args(argv)
     names = [n for n in args.names if n != "all"] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     command = "make bench BENCH=" + shlex.quote(" ".join(args.names or ["all"]))
-    if args.seeds or args.quick:
-        command += " BENCH_ARGS=" + shlex.quote(
-            " ".join(([f"--seeds {args.seeds}"] if args.seeds else []) +
-                     (["--quick"] if args.quick else [])))
+    extra = (([f"--seeds {args.seeds}"] if args.seeds else []) + (["--quick"] if args.quick else [])
+             + ([f"--only {args.only}"] if args.only else []))
+    if extra:
+        command += " BENCH_ARGS=" + shlex.quote(" ".join(extra))
     for name in names:
         module = importlib.import_module(BENCHMARKS[name])
         print(f"== {name} ==", flush=True)
-        result = module.run(seeds=args.seeds, quick=args.quick)
+        options = {"only": args.only} if args.only and name == "accuracy" else {}
+        result = module.run(seeds=args.seeds, quick=args.quick, **options)
         path = write_result(name, result, command)
         print(f"   wrote {path}", flush=True)
     summary.write()

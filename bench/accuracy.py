@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+from bench.common import RESULTS
 from bench.recipes import summarise, train_preset
 
 RECIPES = [("strong_breast", "breastmnist"), ("fast_cpu_blood", "bloodmnist")]
@@ -25,12 +28,29 @@ REFERENCES = {
 }
 
 
-def run(*, seeds=None, quick: bool = False) -> dict:
+def run(*, seeds=None, quick: bool = False, only: str | None = None) -> dict:
+    """All recipes, or with ``only`` one preset (the others' earlier results are kept)."""
     seeds = seeds or 3
     results = []
     for preset, flag in RECIPES:
+        if only and preset != only:
+            kept = _earlier(preset)
+            if kept:
+                results.append(kept)
+            continue
         runs = [train_preset(preset, flag, seed=s, overrides={"epochs": 2} if quick else None)
                 for s in range(seeds)]
         results.append({"preset": preset, "dataset": flag, "runs": runs,
                         "summary": summarise(runs), "references": REFERENCES[flag]})
     return {"quick": quick, "seeds": seeds, "recipes": results}
+
+
+def _earlier(preset: str) -> dict | None:
+    path = RESULTS / "accuracy.json"
+    if not path.exists():
+        return None
+    for entry in json.loads(path.read_text()).get("recipes", []):
+        if entry["preset"] == preset:
+            return {**entry, "note": "kept from an earlier run: " + json.loads(
+                path.read_text())["finished_at"]}
+    return None
