@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"any of: {', '.join(BENCHMARKS)}; or 'all'")
     parser.add_argument("--seeds", type=int, default=None, help="Seeds per recipe.")
     parser.add_argument("--quick", action="store_true", help="Fewer epochs: a smoke run.")
-    parser.add_argument("--only", help="accuracy: run one preset, keep the others' results.")
+    parser.add_argument("--only", help="accuracy, report_models: run one preset, keep the others' results.")
     args = parser.parse_args(argv)
     names = [n for n in args.names if n != "all"] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         module = importlib.import_module(BENCHMARKS[name])
         print(f"== {name} ==", flush=True)
-        options = {"only": args.only} if args.only and name == "accuracy" else {}
+        options = {"only": args.only} if args.only and name in ("accuracy", "report_models") else {}
         result = module.run(seeds=args.seeds, quick=args.quick, **options)
         path = write_result(name, result, command)
         print(f"   wrote {path}", flush=True)

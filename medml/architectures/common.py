@@ -139,6 +139,9 @@ def validate_input_size(input_size: int, *, minimum: int) -> int:
     return int(input_size)
 
 
+SCRATCH_BN_MOMENTUM = 0.9
+
+
 def imagenet_backbone(
     x: keras.KerasTensor,
     *,
@@ -174,6 +177,12 @@ def imagenet_backbone(
         name=name,
     )
     if pretrained_weights is None:
+        # From scratch, Keras' BatchNormalization momentum of 0.99 leaves the running statistics
+        # far from the batch statistics for the first few thousand steps, and inference with them
+        # collapses to one class (the kind of result that scores below the majority-class rate).
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = SCRATCH_BN_MOMENTUM
         return backbone(x)
     # The official weights were trained on BGR images. Reversing the first kernel along its
     # input-channel axis makes the convolution take RGB and give exactly the same result, with
