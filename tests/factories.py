@@ -180,3 +180,18 @@ class ModelVersionFactory(factory.django.DjangoModelFactory):
     artifact = factory.LazyAttribute(lambda mv: f"models/{mv.name}.keras")
     sha256 = "0" * 64
     metrics = factory.LazyFunction(lambda: {"accuracy": 0.5})
+
+
+def save_tiny_trained_model(arrays: dict, path, *, num_classes: int = 3):
+    """A small compact CNN trained for one epoch on ``arrays`` (28x28 RGB), saved as .keras."""
+    import keras
+
+    from medml.architectures import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model("compact_cnn", input_shape=(28, 28, 3), num_classes=num_classes, width=8)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(arrays["train_images"], arrays["train_labels"].ravel(), epochs=1, batch_size=16,
+              verbose=0)
+    model.save(path)
+    return path

@@ -28,6 +28,7 @@ from tests.factories import (
     DatasetFactory,
     UserFactory,
     medmnist_arrays,
+    save_tiny_trained_model,
 )
 
 pytestmark = pytest.mark.django_db
@@ -45,14 +46,7 @@ def dataset_arrays() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory, dataset_arrays) -> Path:
     """A small compact CNN trained for one epoch on the tiny dataset, saved as .keras."""
-    keras.utils.set_random_seed(0)
-    model = build_model("compact_cnn", input_shape=(28, 28, 3), num_classes=3, width=8)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.fit(dataset_arrays["train_images"], dataset_arrays["train_labels"].ravel(),
-              epochs=1, batch_size=16, verbose=0)
-    path = tmp_path_factory.mktemp("models") / "tiny.keras"
-    model.save(path)
-    return path
+    return save_tiny_trained_model(dataset_arrays, tmp_path_factory.mktemp("models") / "tiny.keras")
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from tests.factories import (
     UserFactory,
     medmnist_arrays,
     npz_bytes,
+    save_tiny_trained_model,
     zip_bytes,
 )
 from tests.training.conftest import TINY_COUNTS
@@ -50,14 +51,7 @@ def dataset_arrays() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory, dataset_arrays) -> Path:
     """A compact CNN trained for one epoch on the tiny dataset, saved as .keras."""
-    keras.utils.set_random_seed(0)
-    model = build_model("compact_cnn", input_shape=(28, 28, 3), num_classes=3, width=8)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    model.fit(dataset_arrays["train_images"], dataset_arrays["train_labels"].ravel(),
-              epochs=1, batch_size=16, verbose=0)
-    path = tmp_path_factory.mktemp("models") / "tiny.keras"
-    model.save(path)
-    return path
+    return save_tiny_trained_model(dataset_arrays, tmp_path_factory.mktemp("models") / "tiny.keras")
 
 
 @pytest.fixture(scope="module")
