@@ -65,7 +65,9 @@ def predictor():
         if _predictor is None:
             from medml.infer import Predictor
 
-            _predictor = Predictor.from_file(os.environ["BENCH_BARE_MODEL"])
+            # The platform's request path: ONNX Runtime with PREDICTION_THREADS (default 1).
+            _predictor = Predictor.from_file(os.environ["BENCH_BARE_MODEL"], runtime="onnxruntime",
+                                             threads=int(os.environ.get("PREDICTION_THREADS", "1")))
         return _predictor
 
 

@@ -24,6 +24,14 @@ class OwnedQuerySet(models.QuerySet):
         return self.filter(Q(owner=user) | Q(visibility=Visibility.PUBLIC))
 
 
+def visible_to(row, user) -> bool:
+    """Whether ``user`` may see ``row`` (a dataset or model version): ``visible_to`` for one row,
+    from its loaded fields, with no query."""
+    if not user or not user.is_authenticated:
+        return False
+    return user.is_staff or row.owner_id == user.pk or row.visibility == Visibility.PUBLIC
+
+
 class Dataset(models.Model):
     class Task(models.TextChoices):
         MULTI_CLASS = "multi-class", "Multi-class"

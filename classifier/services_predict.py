@@ -28,7 +28,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from classifier import selectors, services
-from classifier.models import ModelVersion, Prediction
+from classifier.models import ModelVersion, Prediction, visible_to
 from medml import images as medml_images
 
 if TYPE_CHECKING:
@@ -138,8 +138,11 @@ def _check_uploads(files: list[UploadedFile], model_version: ModelVersion) -> li
     return checked
 
 
-def predictor_for(model_version: ModelVersion) -> Predictor:
+def predictor_for(model_version: ModelVersion, *, threads: int | None = None) -> Predictor:
     """The loaded model of ``model_version``, verified against its sha256 when first loaded.
+
+    ``threads`` sizes the ONNX Runtime session (default ``settings.PREDICTION_THREADS``, for
+    requests); batch jobs ask for every core with 0.
 
     Raises:
         services.ArtifactIntegrityError: when the stored artifact was changed after registration.
@@ -147,13 +150,15 @@ def predictor_for(model_version: ModelVersion) -> Predictor:
     """
     from medml import infer
 
-    predictor = infer.cached_predictor(model_version.sha256)
+    if threads is None:
+        threads = int(getattr(settings, "PREDICTION_THREADS", 1))
+    predictor = infer.cached_predictor(model_version.sha256, threads=threads)
     if predictor is None:
         path = services.model_artifact_local_path(
             model_version=model_version, cache_dir=model_cache_dir()
         )
         try:
-            predictor = infer.get_predictor(path, model_version.sha256)
+            predictor = infer.get_predictor(path, model_version.sha256, threads=threads)
         except (ValueError, OSError) as exc:
             raise ModelUnavailableError(f"{model_version} cannot be loaded: {exc}") from exc
     dataset = model_version.dataset
@@ -171,6 +176,14 @@ def predicted_index(probabilities: np.ndarray, threshold: float | None) -> int:
     if threshold is not None and len(probabilities) == 2:
         return int(probabilities[1] >= threshold)
     return int(np.argmax(probabilities))
+
+
+def predicted_indices(probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
+    """:func:`predicted_index` of every row of ``(N, num_classes)`` probabilities at once."""
+    probabilities = np.asarray(probabilities)
+    if threshold is not None and probabilities.shape[1] == 2:
+        return (probabilities[:, 1] >= threshold).astype(np.int64)
+    return probabilities.argmax(axis=1)
 
 
 def _explainer_for(predictor: Predictor) -> GradCam | None:
@@ -215,7 +228,7 @@ def prediction_create(
         services.ArtifactIntegrityError: when the model's artifact was tampered with.
         ModelUnavailableError: when the model cannot serve its dataset's images.
     """
-    if not ModelVersion.objects.visible_to(user).filter(pk=model_version.pk).exists():
+    if not visible_to(model_version, user):
         raise PredictionInputError([f"model {model_version.pk} does not exist or is not visible to you"])
     started = time.perf_counter()
     checked = _check_uploads(files, model_version)

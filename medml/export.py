@@ -221,16 +221,9 @@ def convert_to_tflite(saved_model: Path) -> bytes:
 
 def convert_to_onnx(model: keras.Model, path: Path) -> None:
     """An ONNX file of ``model`` with a ``uint8`` input named ``image`` and a free batch size."""
-    import tf2onnx
+    from medml.infer import convert_to_onnx as convert
 
-    signature = (tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8, name="image"),)
-
-    @tf.function(input_signature=signature, autograph=False)
-    def serve(image):
-        return model(image, training=False)
-
-    tf2onnx.convert.from_function(serve, input_signature=signature, opset=ONNX_OPSET,
-                                  output_path=str(path))
+    convert(model, Path(path), input_name="image")
 
 
 # --- Runners (one per format; the parity checks call these) --------------------------------------

@@ -1,10 +1,17 @@
-"""Serving a trained model: load once, predict through one compiled function, check the inputs.
+"""Serving a trained model: load once, predict through a fast runtime, check the inputs.
 
 A :class:`Predictor` wraps a ``.keras`` file loaded with ``safe_mode=True`` (no arbitrary code
-from the file runs) and calls the model through a ``tf.function`` with a fixed input signature:
-one trace serves every batch size, and a request costs one graph call, not the per-call setup of
-``model.predict``. :func:`get_predictor` keeps a few predictors per process, keyed by the
-artifact's sha256, so a model is read from disk and traced once.
+from the file runs). Predictions go through ONNX Runtime: the model is converted once with
+``tf2onnx`` (the ``.onnx`` file is kept beside the ``.keras`` file, so other processes reuse it),
+checked against Keras on probe images, and run in an ``InferenceSession`` sized to the threads it
+is given. A request then costs one session call (well under a millisecond for a small CNN on one
+image), not the per-call setup of ``model.predict``. Where ONNX Runtime is missing, the
+conversion fails or the outputs disagree, the predictor falls back to the model called through a
+``tf.function`` with a fixed input signature (one trace for every batch size) and says so in
+``runtime``. Grad-CAM always uses the Keras model, which is kept loaded.
+
+:func:`get_predictor` keeps a few predictors per process, keyed by the artifact's sha256 and the
+thread count, so a model is read from disk and converted once.
 
 :class:`InputStats` holds per-channel statistics of the training images' mean intensities; an
 upload far outside them is flagged, since a classifier has to answer even for an image unlike
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,6 +41,10 @@ PREDICTOR_CACHE_SIZE = 4
 INTENSITY_Z_THRESHOLD = 4.0
 # Test-time augmentation views: the image, mirrored left-right, mirrored top-bottom.
 TTA_VIEWS = ("identity", "flip_left_right", "flip_up_down")
+# ONNX Runtime must reproduce Keras to this absolute difference in every probability.
+ONNX_PARITY_TOLERANCE = 1e-4
+ONNX_OPSET = 17
+RUNTIMES = ("auto", "onnxruntime", "tensorflow")
 
 _threads_configured = False
 _threads_lock = threading.Lock()
@@ -75,16 +87,65 @@ class TTAResult:
     spread: np.ndarray
 
 
+class OnnxUnavailableError(RuntimeError):
+    """The model could not be served through ONNX Runtime; the message says why."""
+
+
+def _onnx_session(path: Path, threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: graph rewrites are not news
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def convert_to_onnx(model: keras.Model, path: Path, *, input_name: str = "images") -> None:
+    """Write ``model`` as ONNX (its input dtype, a free batch size, float32 out), atomically."""
+    import tf2onnx
+
+    shape, dtype = (None, *model.inputs[0].shape[1:]), tf.as_dtype(model.inputs[0].dtype)
+    signature = (tf.TensorSpec(shape, dtype, name=input_name),)
+
+    @tf.function(input_signature=signature, autograph=False)
+    def serve(images):
+        return tf.cast(model(images, training=False), tf.float32)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+    os.close(handle)
+    try:
+        tf2onnx.convert.from_function(serve, input_signature=signature, opset=ONNX_OPSET,
+                                      output_path=tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 class Predictor:
-    """A loaded model and its compiled prediction function.
+    """A loaded model and its prediction function (ONNX Runtime, or a compiled ``tf.function``).
 
     Args:
         model: A model from :mod:`medml.architectures` (``uint8`` ``(N, H, W, C)`` in, softmax
             out), or one loaded from its ``.keras`` file.
-        warm_up: Trace the compiled function now, so the first request does not pay for it.
+        warm_up: Run one prediction now, so the first request does not pay for the setup.
+        onnx_path: Where the model's ONNX file is, or is written when missing. ``None`` serves
+            through TensorFlow.
+        threads: CPU threads for one ONNX Runtime call; ``None`` or 0: every core this process
+            may use. A web process serving one image per request is fastest with 1 per process.
+        runtime: ``"auto"`` (ONNX Runtime when it works, TensorFlow otherwise),
+            ``"onnxruntime"`` (raise :class:`OnnxUnavailableError` when it does not work) or
+            ``"tensorflow"``.
     """
 
-    def __init__(self, model: keras.Model, *, warm_up: bool = True):
+    def __init__(self, model: keras.Model, *, warm_up: bool = True,
+                 onnx_path: str | os.PathLike | None = None, threads: int | None = None,
+                 runtime: str = "auto"):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}. Received: runtime={runtime!r}")
         shape = tuple(model.inputs[0].shape)
         if len(shape) != 4 or any(d is None for d in shape[1:]):
             raise ValueError(
@@ -94,27 +155,75 @@ class Predictor:
         self.input_shape: tuple[int, int, int] = tuple(int(d) for d in shape[1:])  # type: ignore[assignment]
         self.input_dtype = tf.as_dtype(model.inputs[0].dtype)
         self.num_classes = int(model.outputs[0].shape[-1])
+        self.threads = int(threads) if threads else available_cpu_count()
         signature = [tf.TensorSpec((None, *self.input_shape), self.input_dtype, name="images")]
         self._predict = tf.function(self._forward, input_signature=signature, autograph=False)
-        self._predict_tta = tf.function(self._forward_tta, input_signature=signature, autograph=False)
+        self._session = None
+        self._session_input = ""
+        self.runtime = "tensorflow"
+        self.runtime_note = "" if runtime != "auto" else "no ONNX file was given"
+        if runtime == "onnxruntime" and onnx_path is None:
+            raise OnnxUnavailableError("runtime='onnxruntime' needs an onnx_path")
+        if runtime != "tensorflow" and onnx_path is not None:
+            try:
+                self._start_onnx(Path(onnx_path))
+            except OnnxUnavailableError as exc:
+                if runtime == "onnxruntime":
+                    raise
+                self.runtime_note = str(exc)
+                logger.warning("serving through TensorFlow: %s", exc)
         self._explainer = None
         self._explainer_lock = threading.Lock()
         if warm_up:
             self.predict(np.zeros((1, *self.input_shape), dtype=self.input_dtype.as_numpy_dtype))
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, *, warm_up: bool = True) -> Predictor:
-        """Load a ``.keras`` artifact safely (no Lambda layers or other code from the file)."""
+    def from_file(cls, path: str | os.PathLike, *, warm_up: bool = True, threads: int | None = None,
+                  runtime: str = "auto") -> Predictor:
+        """Load a ``.keras`` artifact safely (no Lambda layers or other code from the file).
+
+        The ONNX file lives beside it, with the same name and the suffix ``.onnx``.
+        """
         configure_cpu_threads()
-        model = keras.models.load_model(Path(path), compile=False, safe_mode=True)
-        return cls(model, warm_up=warm_up)
+        path = Path(path)
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+        return cls(model, warm_up=warm_up, onnx_path=path.with_suffix(".onnx"), threads=threads,
+                   runtime=runtime)
+
+    def _start_onnx(self, path: Path) -> None:
+        """Convert when needed, open a session and check it against Keras on probe images."""
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            raise OnnxUnavailableError("onnxruntime is not installed") from exc
+        probe = np.random.default_rng(0).integers(0, 256, (4, *self.input_shape)).astype(
+            self.input_dtype.as_numpy_dtype)
+        expected = self._predict(tf.convert_to_tensor(probe)).numpy()
+        for attempt in ("cached", "converted"):
+            if attempt == "converted" or not path.exists():
+                try:
+                    convert_to_onnx(self.model, path)
+                except Exception as exc:  # tf2onnx raises many kinds for unsupported graphs
+                    raise OnnxUnavailableError(f"the model could not be converted to ONNX: {exc}") from exc
+            try:
+                session = _onnx_session(path, self.threads)
+                actual = session.run(None, {session.get_inputs()[0].name: probe})[0]
+            except Exception as exc:  # a damaged or stale file: convert again once
+                if attempt == "converted":
+                    raise OnnxUnavailableError(f"ONNX Runtime could not run the model: {exc}") from exc
+                continue
+            difference = float(np.max(np.abs(np.asarray(actual, dtype=np.float64) - expected)))
+            if difference <= ONNX_PARITY_TOLERANCE:
+                self._session, self._session_input = session, session.get_inputs()[0].name
+                self.runtime, self.runtime_note = "onnxruntime", ""
+                return
+            if attempt == "converted":
+                raise OnnxUnavailableError(
+                    f"ONNX Runtime differs from Keras by {difference:.2e} "
+                    f"(tolerance {ONNX_PARITY_TOLERANCE:.0e})")
 
     def _forward(self, images: tf.Tensor) -> tf.Tensor:
         return tf.cast(self.model(images, training=False), tf.float32)
-
-    def _forward_tta(self, images: tf.Tensor) -> tf.Tensor:
-        views = [images, tf.reverse(images, axis=[2]), tf.reverse(images, axis=[1])]
-        return tf.stack([self._forward(view) for view in views])  # (views, N, classes)
 
     def _checked(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
@@ -129,12 +238,18 @@ class Predictor:
             )
         return images
 
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        if self._session is not None:
+            output = self._session.run(None, {self._session_input: np.ascontiguousarray(images)})[0]
+            return np.asarray(output, dtype=np.float32)
+        return self._predict(tf.convert_to_tensor(images)).numpy()
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities, ``float32`` ``(N, num_classes)``, for raw images ``(N, H, W, C)``."""
         images = self._checked(images)
         if len(images) == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
-        return self._predict(tf.convert_to_tensor(images)).numpy()
+        return self._run(images)
 
     def predict_tta(self, images: np.ndarray) -> TTAResult:
         """Probabilities averaged over the image and its two mirror images, with their spread."""
@@ -142,7 +257,8 @@ class Predictor:
         if len(images) == 0:
             empty = np.zeros((0, self.num_classes), dtype=np.float32)
             return TTAResult(empty, np.zeros((0,), dtype=np.float32))
-        views = self._predict_tta(tf.convert_to_tensor(images)).numpy()
+        stacked = np.concatenate([images, images[:, :, ::-1], images[:, ::-1]])  # as TTA_VIEWS
+        views = self._run(stacked).reshape(len(TTA_VIEWS), len(images), self.num_classes)
         mean = views.mean(axis=0)
         predicted = mean.argmax(axis=1)
         chosen = views[:, np.arange(len(images)), predicted]  # (views, N)
@@ -162,25 +278,26 @@ class Predictor:
 class _PredictorCache:
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._items: OrderedDict[str, Predictor] = OrderedDict()
+        self._items: OrderedDict[tuple[str, int | None], Predictor] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: str | os.PathLike, sha256: str) -> Predictor:
+    def get(self, path: str | os.PathLike, sha256: str, threads: int | None) -> Predictor:
+        key = (sha256, threads)
         with self._lock:
-            if sha256 in self._items:
-                self._items.move_to_end(sha256)
-                return self._items[sha256]
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
             # Loading under the lock: two requests for a new model load it once, and models
             # are loaded rarely enough that serialising the loads costs nothing noticeable.
-            predictor = Predictor.from_file(path)
-            self._items[sha256] = predictor
+            predictor = Predictor.from_file(path, threads=threads)
+            self._items[key] = predictor
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
             return predictor
 
-    def peek(self, sha256: str) -> Predictor | None:
+    def peek(self, sha256: str, threads: int | None) -> Predictor | None:
         with self._lock:
-            return self._items.get(sha256)
+            return self._items.get((sha256, threads))
 
     def clear(self) -> None:
         with self._lock:
@@ -190,19 +307,19 @@ class _PredictorCache:
 _cache = _PredictorCache(PREDICTOR_CACHE_SIZE)
 
 
-def get_predictor(path: str | os.PathLike, sha256: str) -> Predictor:
+def get_predictor(path: str | os.PathLike, sha256: str, *, threads: int | None = None) -> Predictor:
     """The process's predictor for an artifact, loading ``path`` the first time ``sha256`` is asked.
 
     The caller vouches that ``path`` holds the bytes with ``sha256``; later calls with the same
-    hash return the loaded model without reading ``path``. The least recently used of more than
-    :data:`PREDICTOR_CACHE_SIZE` models is dropped.
+    hash and ``threads`` return the loaded model without reading ``path``. The least recently
+    used of more than :data:`PREDICTOR_CACHE_SIZE` models is dropped.
     """
-    return _cache.get(path, sha256)
+    return _cache.get(path, sha256, threads)
 
 
-def cached_predictor(sha256: str) -> Predictor | None:
-    """The predictor already loaded for ``sha256``, or ``None``; never loads anything."""
-    return _cache.peek(sha256)
+def cached_predictor(sha256: str, *, threads: int | None = None) -> Predictor | None:
+    """The predictor already loaded for ``sha256`` and ``threads``, or ``None``; never loads."""
+    return _cache.peek(sha256, threads)
 
 
 def clear_predictor_cache() -> None:

@@ -14,41 +14,45 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
 from classifier import selectors, services, services_predict
-from classifier.models import ModelVersion, Prediction
 
 # Reports and histories are large JSON documents that serving never reads.
 HEAVY_MODEL_FIELDS = ("metrics", "val_metrics", "history", "manifest")
 
 
-class PredictionModelSerializer(serializers.ModelSerializer):
+# Plain serializers with declared fields, not ModelSerializers: these are built for every
+# prediction answered, and deriving fields from the models each time costs more than predicting.
+
+
+class PredictionModelSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    name = serializers.CharField(read_only=True)
+    version = serializers.IntegerField(read_only=True)
+    architecture = serializers.CharField(read_only=True)
+    dataset = serializers.IntegerField(source="dataset_id", read_only=True)
     dataset_name = serializers.CharField(source="dataset.name", read_only=True)
     class_names = serializers.ListField(
         source="dataset.class_names", child=serializers.CharField(), read_only=True
     )
 
-    class Meta:
-        model = ModelVersion
-        fields = ["id", "name", "version", "architecture", "dataset", "dataset_name", "class_names"]
-        read_only_fields = fields
 
-
-class PredictionSerializer(serializers.ModelSerializer):
-    model = PredictionModelSerializer(source="model_version", read_only=True)
+class PredictionSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    predicted_label = serializers.CharField(read_only=True)
+    predicted_index = serializers.IntegerField(read_only=True)
     probabilities = serializers.DictField(child=serializers.FloatField(), read_only=True)
-    image_url = serializers.SerializerMethodField()
+    model = PredictionModelSerializer(source="model_version", read_only=True)
+    warnings = serializers.ListField(child=serializers.CharField(), read_only=True)
+    latency_ms = serializers.FloatField(read_only=True)
+    uncertainty = serializers.FloatField(read_only=True, allow_null=True)
     gradcam = serializers.SerializerMethodField(
         help_text="Grad-CAM overlay for the predicted class as a PNG data URI; only in the "
                   "response that created the prediction."
     )
-
-    class Meta:
-        model = Prediction
-        fields = [
-            "id", "predicted_label", "predicted_index", "probabilities", "model", "warnings",
-            "latency_ms", "uncertainty", "gradcam", "original_name", "image_url",
-            "image_sha256", "image_content_type", "created_at",
-        ]
-        read_only_fields = fields
+    original_name = serializers.CharField(read_only=True)
+    image_url = serializers.SerializerMethodField()
+    image_sha256 = serializers.CharField(read_only=True)
+    image_content_type = serializers.CharField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
 
     def get_image_url(self, obj) -> str:
         return f"/api/v1/predictions/{obj.pk}/image/"

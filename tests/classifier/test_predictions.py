@@ -16,7 +16,7 @@ from django.utils import timezone
 from PIL import Image
 from rest_framework.test import APIClient
 
-from classifier import selectors, services
+from classifier import selectors, services, services_predict
 from classifier.models import Dataset, ModelAlias, ModelVersion, Prediction, Visibility
 from medml import infer
 from medml.architectures import build_model
@@ -163,11 +163,17 @@ def test_a_dataset_image_uploaded_as_png_is_classified_exactly_like_its_array(
     client, model, dataset_arrays, reference_model
 ):
     image = dataset_arrays["test_images"][3]
-    expected = reference_model(image[np.newaxis], training=False).numpy()[0]
 
     [result] = post(client, [png(image)], model=model.pk).json()
 
+    # Exactly what the serving runtime gives for the array, and what Keras gives to within the
+    # runtime's parity tolerance.
+    served = services_predict.predictor_for(model)
+    assert served.runtime == "onnxruntime", served.runtime_note
+    expected = served.predict(image[np.newaxis])[0]
     assert [result["probabilities"][name] for name in TINY_CLASS_NAMES] == expected.tolist()
+    keras_probabilities = reference_model(image[np.newaxis], training=False).numpy()[0]
+    np.testing.assert_allclose(expected, keras_probabilities, atol=infer.ONNX_PARITY_TOLERANCE)
     assert result["predicted_index"] == int(np.argmax(expected))
     assert result["warnings"] == []
 
@@ -185,7 +191,7 @@ def test_several_images_are_classified_in_one_request_in_upload_order(
     assert [r["original_name"] for r in results] == ["img0.png", "img1.png", "img2.png", "img3.png"]
     for result, row in zip(results, expected, strict=True):
         got = [result["probabilities"][name] for name in TINY_CLASS_NAMES]
-        np.testing.assert_allclose(got, row, atol=1e-6)
+        np.testing.assert_allclose(got, row, atol=infer.ONNX_PARITY_TOLERANCE)
         assert result["gradcam"]
     assert Prediction.objects.count() == 4
 
@@ -203,7 +209,7 @@ def test_a_large_image_follows_the_datasets_source_crop_and_resize(
     [result] = post(client, [png(source, "microscope.png")], model=model.pk).json()
 
     np.testing.assert_allclose(
-        [result["probabilities"][name] for name in TINY_CLASS_NAMES], expected, atol=1e-6
+        [result["probabilities"][name] for name in TINY_CLASS_NAMES], expected, atol=infer.ONNX_PARITY_TOLERANCE
     )
 
 
@@ -583,3 +589,12 @@ def test_it_skips_the_heatmap_when_the_client_asks_for_speed(client, model, data
     assert response.json()[0]["gradcam"] is None
     assert response.json()[0]["predicted_label"]
     assert "app;dur=" in response.headers["Server-Timing"]
+
+
+@pytest.mark.parametrize("threshold", [None, 0.3, 0.9])
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_predicted_indices_of_a_batch_are_those_of_its_rows(threshold, num_classes):
+    probabilities = np.random.default_rng(num_classes).dirichlet(np.ones(num_classes), size=50)
+    probabilities[0] = 1 / num_classes  # a tie goes to the first class, as argmax does
+    expected = [services_predict.predicted_index(row, threshold) for row in probabilities]
+    assert services_predict.predicted_indices(probabilities, threshold).tolist() == expected

@@ -107,7 +107,68 @@ def test_a_loaded_model_predicts_like_the_one_that_was_saved(saved_models):
     path, sha256 = saved_models[0]
     saved = keras.models.load_model(path, compile=False)
     x = images(3, shape=(28, 28, 1))
-    np.testing.assert_array_equal(get_predictor(path, sha256).predict(x), saved(x, training=False).numpy())
+    predictor = get_predictor(path, sha256)
+    assert predictor.runtime == "onnxruntime"
+    np.testing.assert_allclose(predictor.predict(x), saved(x, training=False).numpy(),
+                               atol=infer.ONNX_PARITY_TOLERANCE)
+
+
+def test_a_model_is_served_through_onnx_runtime_with_the_threads_asked(saved_models):
+    path, sha256 = saved_models[0]
+    predictor = get_predictor(path, sha256, threads=1)
+    assert predictor.runtime == "onnxruntime", predictor.runtime_note
+    assert predictor.threads == 1
+    assert path.with_suffix(".onnx").is_file()  # kept for the next process
+    # Another thread count is another session of the same model.
+    assert get_predictor(path, sha256, threads=2) is not predictor
+    assert infer.cached_predictor(sha256, threads=1) is predictor
+
+
+def test_an_existing_onnx_file_is_reused_and_a_damaged_one_is_rebuilt(saved_models):
+    path, _ = saved_models[0]
+    Predictor.from_file(path)
+    onnx_file = path.with_suffix(".onnx")
+    converted_at = onnx_file.stat().st_mtime_ns
+    Predictor.from_file(path)
+    assert onnx_file.stat().st_mtime_ns == converted_at
+    onnx_file.write_bytes(b"not an onnx model")
+    predictor = Predictor.from_file(path)
+    assert predictor.runtime == "onnxruntime"
+    assert onnx_file.read_bytes() != b"not an onnx model"
+
+
+def test_an_onnx_file_of_another_model_is_not_trusted(saved_models):
+    (path_a, _), (path_b, _) = saved_models
+    Predictor.from_file(path_b)
+    path_b.with_suffix(".onnx").replace(path_a.with_suffix(".onnx"))  # a stale or swapped file
+    predictor = Predictor.from_file(path_a)
+    saved = keras.models.load_model(path_a, compile=False)
+    x = images(4, shape=(28, 28, 1), seed=5)
+    assert predictor.runtime == "onnxruntime"
+    np.testing.assert_allclose(predictor.predict(x), saved(x, training=False).numpy(),
+                               atol=infer.ONNX_PARITY_TOLERANCE)
+
+
+def test_without_onnx_runtime_the_predictor_falls_back_to_tensorflow(saved_models, monkeypatch):
+    path, _ = saved_models[0]
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # import fails
+    predictor = Predictor.from_file(path)
+    assert predictor.runtime == "tensorflow"
+    assert "onnxruntime is not installed" in predictor.runtime_note
+    with pytest.raises(infer.OnnxUnavailableError, match="not installed"):
+        Predictor.from_file(path, runtime="onnxruntime")
+    saved = keras.models.load_model(path, compile=False)
+    x = images(2, shape=(28, 28, 1))
+    np.testing.assert_array_equal(predictor.predict(x), saved(x, training=False).numpy())
+
+
+def test_onnx_and_tensorflow_agree_under_test_time_augmentation(saved_models):
+    path, _ = saved_models[0]
+    x = images(5, shape=(28, 28, 1), seed=3)
+    onnx_result = Predictor.from_file(path).predict_tta(x)
+    tf_result = Predictor.from_file(path, runtime="tensorflow").predict_tta(x)
+    np.testing.assert_allclose(onnx_result.probabilities, tf_result.probabilities, atol=1e-4)
+    np.testing.assert_allclose(onnx_result.spread, tf_result.spread, atol=1e-4)
 
 
 def test_a_model_file_with_python_code_in_it_is_refused(tmp_path):
