@@ -254,6 +254,7 @@ def train(
     pipeline = _TrainPipeline(data, config, class_weight)
     val_images, val_labels = data.images("val"), data.labels("val")
     cancelled = False
+    best_val_probs = None  # of the best epoch, when this process trained it
     epoch = state.epochs_completed
     while not (state.stopped_early or epoch >= total):
         epoch += 1
@@ -300,6 +301,7 @@ def train(
         if state.best_epoch == 0 or _is_improvement(value, state.best_metric, config.monitor_mode):
             improved = True
             state.best_epoch, state.best_metric = epoch, value
+            best_val_probs = val_probs
         else:
             improved = False
         patience = config.early_stopping_patience
@@ -335,9 +337,18 @@ def train(
         return result
 
     hooks.log(f"Evaluating the best model (epoch {state.best_epoch}).")
-    with runtime.distribution_strategy.scope():
-        best_model = keras.models.load_model(checkpoints.best_path)
-    result.val_metrics = _evaluate(best_model, data, "val", config)
+    if state.best_epoch == state.epochs_completed > resumed_from:
+        # The model in memory is the best checkpoint, and its validation predictions were made
+        # at the end of that epoch: neither needs to be made again.
+        best_model = model
+    else:
+        with runtime.distribution_strategy.scope():
+            best_model = keras.models.load_model(checkpoints.best_path)
+        best_val_probs = None
+    if best_val_probs is not None and not config.tta:
+        result.val_metrics = classification_metrics(val_labels, best_val_probs, data.class_names)
+    else:
+        result.val_metrics = _evaluate(best_model, data, "val", config)
     if evaluate_test:
         if "test" in data.splits and len(data.labels("test")):
             result.test_metrics = _evaluate(best_model, data, "test", config)

@@ -107,6 +107,8 @@ def convert_to_onnx(model: keras.Model, path: Path, *, input_name: str = "images
     """Write ``model`` as ONNX (its input dtype, a free batch size, float32 out), atomically."""
     import tf2onnx
 
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # one INFO line per graph rewrite
+
     shape, dtype = (None, *model.inputs[0].shape[1:]), tf.as_dtype(model.inputs[0].dtype)
     signature = (tf.TensorSpec(shape, dtype, name=input_name),)
 

@@ -265,6 +265,9 @@ def test_it_trains_checkpoints_and_evaluates(tmp_path):
     best = keras.models.load_model(result.model_path)
     test_accuracy = np.mean(predict_proba(best, data.images("test")).argmax(1) == data.labels("test"))
     assert test_accuracy == pytest.approx(result.test_metrics["accuracy"])
+    # Validation metrics describe the saved best checkpoint too, however they were computed.
+    val_accuracy = np.mean(predict_proba(best, data.images("val")).argmax(1) == data.labels("val"))
+    assert val_accuracy == pytest.approx(result.val_metrics["accuracy"])
     state = read_state(tmp_path)
     assert state["epochs_completed"] == 3
     assert state["history"] == result.history
