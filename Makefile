@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH ?= all
 
-.PHONY: install run test test-fast lint browser-deps bench check-deploy clean
+.PHONY: install run test test-fast lint browser-deps bench reliability check-deploy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ check-deploy: install
 ## Benchmarks: `make bench` runs all; `make bench BENCH=name` runs one (see bench/README.md).
 bench: install
 	$(BIN)/python -m bench $(BENCH) $(BENCH_ARGS)
+
+## Reliability measurements (docs/RELIABILITY.md): workers killed at random, then 20 users of load.
+## Both use DATABASE_URL / REDIS_URL when set (creating databases of their own), else SQLite and
+## the embedded Redis.
+reliability: install
+	$(BIN)/python -m reliability.kill_workers --rounds 10
+	$(BIN)/python -m reliability.load --users 20 --minutes 3
 
 clean:
 	rm -rf var/staticfiles .pytest_cache .ruff_cache

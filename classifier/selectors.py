@@ -20,6 +20,23 @@ if TYPE_CHECKING:
     from medml.infer import InputStats
 
 
+# Row ids are 64-bit: a larger number names no row (and must not reach the database driver).
+MAX_ID = 2**63 - 1
+
+
+def parse_id(value) -> int | None:
+    """An id from a query parameter or form field: ASCII digits within range, else ``None``."""
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    number = int(text)
+    return number if 0 < number <= MAX_ID else None
+
+
+def _in_range(number: int) -> bool:
+    return 0 < number <= MAX_ID
+
+
 def datasets_visible_to(*, user):
     return Dataset.objects.visible_to(user).select_related("owner")
 
@@ -29,6 +46,11 @@ def dataset_get_for_user(*, user, pk) -> Dataset:
 
 
 def model_versions_visible_to(*, user):
+    """Models a user may see and use: their own and public ones (staff: all).
+
+    A public model may belong to a dataset the user cannot see; the model is theirs to use on
+    their own images, the dataset's images stay private (see ``training.views.inference_list``).
+    """
     return ModelVersion.objects.visible_to(user).select_related("dataset", "owner")
 
 
@@ -128,6 +150,8 @@ def prediction_history(
 ):
     """A user's own predictions, newest first, narrowed by model, dataset, label and days (UTC)."""
     qs = predictions_owned_by(user=user)
+    if any(v is not None and not _in_range(v) for v in (model_id, dataset_id)):
+        return qs.none()  # no row has such an id
     if model_id is not None:
         qs = qs.filter(model_version_id=model_id)
     if dataset_id is not None:

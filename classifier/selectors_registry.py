@@ -201,10 +201,11 @@ def parse_model_ids(values: list[str]) -> list[int]:
             part = part.strip()
             if not part:
                 continue
-            if not part.isdigit():
+            model_id = selectors.parse_id(part)
+            if model_id is None:
                 raise ComparisonError(f"'{part}' is not a model id")
-            if int(part) not in ids:
-                ids.append(int(part))
+            if model_id not in ids:
+                ids.append(model_id)
     return ids
 
 

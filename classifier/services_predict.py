@@ -154,9 +154,12 @@ def predictor_for(model_version: ModelVersion, *, threads: int | None = None) ->
         threads = int(getattr(settings, "PREDICTION_THREADS", 1))
     predictor = infer.cached_predictor(model_version.sha256, threads=threads)
     if predictor is None:
-        path = services.model_artifact_local_path(
-            model_version=model_version, cache_dir=model_cache_dir()
-        )
+        try:
+            path = services.model_artifact_local_path(
+                model_version=model_version, cache_dir=model_cache_dir()
+            )
+        except FileNotFoundError as exc:
+            raise ModelUnavailableError(f"the artifact of {model_version} is missing from storage") from exc
         try:
             predictor = infer.get_predictor(path, model_version.sha256, threads=threads)
         except (ValueError, OSError) as exc:

@@ -40,9 +40,9 @@ def _table_rows(comparison: dict) -> list[dict]:
 
 
 def _dataset_from_query(request):
-    value = request.GET.get("dataset", "")
-    if value.isdigit():
-        return selectors.dataset_get_for_user(user=request.user, pk=int(value))
+    dataset_id = selectors.parse_id(request.GET.get("dataset", ""))
+    if dataset_id is not None:
+        return selectors.dataset_get_for_user(user=request.user, pk=dataset_id)
     return None
 
 
@@ -163,8 +163,8 @@ def alias_rollback(request, pk: int, alias: str):
         raise PermissionDenied(str(exc)) from exc
     except services_registry.AliasError as exc:
         messages.error(request, str(exc))
-        back = request.POST.get("model")
-        return redirect("model-detail", back) if back and back.isdigit() else redirect("model-list")
+        back = selectors.parse_id(request.POST.get("model", ""))
+        return redirect("model-detail", back) if back else redirect("model-list")
     messages.success(request, f"{alias} of {dataset} is back to {result.model_version}.")
     return redirect("model-detail", result.model_version_id)
 
@@ -184,6 +184,8 @@ def model_evaluate(request, pk: int):
         evaluation = services_registry.model_version_evaluate(model_version=model)
     except services.ArtifactIntegrityError as exc:
         messages.error(request, str(exc))
+    except FileNotFoundError:
+        messages.error(request, f"A stored file of {model} is missing; it cannot be loaded.")
     else:
         if evaluation is None:
             messages.error(request, f"{model.dataset} has no test images.")

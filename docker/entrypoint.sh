@@ -17,7 +17,7 @@
 #                                  run `manage migrate` once per release instead.
 #   IMPORT_MEDMNIST_ON_START [1]   web: run `import_medmnist --all --keep-going` (a failure is
 #                                  only logged: the platform runs without those datasets)
-#   PORT [8000] GUNICORN_WORKERS [2] GUNICORN_THREADS [4] GUNICORN_TIMEOUT [300]
+#   PORT [8000] GUNICORN_WORKERS [2] GUNICORN_THREADS [4] GUNICORN_TIMEOUT [300] GUNICORN_KEEP_ALIVE [65]
 #   CELERY_QUEUES                  worker [default,inference,training], gpu-worker [training]
 #   CELERY_CONCURRENCY [1]  CELERY_LOGLEVEL [INFO]
 #   REQUIRE_GPU [1]                gpu-worker: refuse to start when TensorFlow sees no GPU, so
@@ -63,12 +63,15 @@ start_web() {
     non_fatal python manage.py import_medmnist --all --keep-going
   fi
   # --worker-tmp-dir: gunicorn's heartbeat files on tmpfs, not on the overlay filesystem,
-  # whose slow fsyncs can make the arbiter kill healthy workers.
+  # whose slow fsyncs can make the arbiter kill healthy workers. --keep-alive: longer than
+  # clients (and load balancers, often 60 s) keep a connection idle, so the server is never the
+  # side that closes a connection a request is being sent on.
   exec gunicorn medplatform.wsgi:application \
     --bind "0.0.0.0:${PORT:-8000}" \
     --workers "${GUNICORN_WORKERS:-2}" \
     --threads "${GUNICORN_THREADS:-4}" \
     --timeout "${GUNICORN_TIMEOUT:-300}" \
+    --keep-alive "${GUNICORN_KEEP_ALIVE:-65}" \
     --worker-tmp-dir /dev/shm \
     --access-logfile - \
     "$@"

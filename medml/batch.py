@@ -22,6 +22,9 @@ import numpy as np
 from medml import dataset_io, images
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+# Entries a zip may declare per image allowed: folders and the metadata files macOS adds (._name)
+# are members that are not images.
+MEMBERS_PER_IMAGE = 4
 Progress = Callable[[int, int], None]
 
 
@@ -67,11 +70,25 @@ def _labels(raw: np.ndarray, count: int, num_classes: int) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def read_npz(source: BinaryIO, *, shape: tuple[int, int, int], num_classes: int) -> BatchInput:
+def read_npz(
+    source: BinaryIO, *, shape: tuple[int, int, int], num_classes: int,
+    limits: dataset_io.ImportLimits | None = None,
+) -> BatchInput:
+    """The images (and labels) of an ``.npz``, checked before any array is loaded.
+
+    ``limits`` (by default :class:`medml.dataset_io.ImportLimits`) bound the archive's members
+    and declared bytes; each array's header must fit its member, so a forged shape cannot make
+    the loader allocate more memory than the file holds.
+    """
     # np.load takes anything that is not a zip for a pickle or a bare .npy array: refuse it
     # here, so the message says what is wrong rather than something about pickles.
     if not zipfile.is_zipfile(source):
         raise BatchInputError("not a valid .npz file (it is not a zip archive of arrays)")
+    source.seek(0)
+    try:
+        dataset_io.inspect_npz(source, limits or dataset_io.ImportLimits())
+    except dataset_io.DatasetFormatError as exc:
+        raise BatchInputError(str(exc)) from exc
     source.seek(0)
     try:
         with np.load(source, allow_pickle=False) as npz:
@@ -101,11 +118,27 @@ def read_zip(
     preprocessing: dict | None, limits: dataset_io.ImportLimits, max_image_bytes: int,
     progress: Progress | None = None,
 ) -> BatchInput:
+    """The images of a ``.zip``, each through the dataset's source path; labels from class folders.
+
+    The archive's directory is checked before anything is decompressed: member names, links,
+    declared sizes and counts. Its end record is read first, so a directory of millions of
+    entries is refused before :mod:`zipfile` builds an object for each.
+    """
+    declared = dataset_io.declared_member_count(source)
+    if declared is not None and declared > MEMBERS_PER_IMAGE * limits.max_members:
+        raise BatchInputError(
+            f"archive declares {declared} members; at most {MEMBERS_PER_IMAGE * limits.max_members} "
+            f"are read for a limit of {limits.max_members} images")
+    start = source.tell()
     try:
         archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError) as exc:
         raise BatchInputError(f"not a valid .zip file ({exc})") from exc
     with archive:
+        try:
+            dataset_io.check_zip_start(source, start)
+        except dataset_io.DatasetFormatError as exc:
+            raise BatchInputError(str(exc)) from exc
         members = []
         for info in archive.infolist():
             try:
@@ -160,27 +193,29 @@ def write_results(
     batch: BatchInput, probs: np.ndarray, predicted: np.ndarray, class_names: list[str]
 ) -> tuple[bytes, bytes]:
     """The results as CSV and JSON bytes: name, predicted class, each class's probability."""
+    # Whole arrays converted at once: per-element numpy access would dominate a large batch.
+    rounded = np.round(np.asarray(probs, dtype=np.float64), 6).tolist()
+    predicted_list = np.asarray(predicted).astype(int).tolist()
+    labels = None if batch.labels is None else np.asarray(batch.labels).astype(int).tolist()
     rows = []
-    for i, name in enumerate(batch.names):
-        row = {"name": name, "predicted_index": int(predicted[i]),
-               "predicted_label": class_names[int(predicted[i])],
-               "probabilities": {c: round(float(p), 6) for c, p in zip(class_names, probs[i],
-                                                                       strict=True)}}
-        if batch.labels is not None:
-            row["true_index"] = int(batch.labels[i])
-            row["true_label"] = class_names[int(batch.labels[i])]
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["name", "predicted_index", "predicted_label"]
+                    + (["true_label"] if labels is not None else [])
+                    + [f"p[{c}]" for c in class_names])
+    for i, (name, index, row_probs) in enumerate(zip(batch.names, predicted_list, rounded, strict=True)):
+        row = {"name": name, "predicted_index": index, "predicted_label": class_names[index],
+               "probabilities": dict(zip(class_names, row_probs, strict=True))}
+        truth = []
+        if labels is not None:
+            row["true_index"] = labels[i]
+            row["true_label"] = class_names[labels[i]]
+            truth = [row["true_label"]]
         if name in batch.warnings:
             row["warnings"] = batch.warnings[name]
         rows.append(row)
-    text = io.StringIO()
-    header = ["name", "predicted_index", "predicted_label"] + \
-        (["true_label"] if batch.labels is not None else []) + [f"p[{c}]" for c in class_names]
-    writer = csv.writer(text)
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([_csv_safe(row["name"]), row["predicted_index"], row["predicted_label"]]
-                        + ([row["true_label"]] if batch.labels is not None else [])
-                        + [f"{row['probabilities'][c]:.6f}" for c in class_names])
+        writer.writerow([_csv_safe(name), index, row["predicted_label"], *truth]
+                        + [f"{p:.6f}" for p in row_probs])
     return text.getvalue().encode(), json.dumps(rows).encode()
 
 

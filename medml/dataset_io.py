@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import math
 import os
 import re
 import stat
+import struct
 import sys
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -26,6 +29,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from medml import images as image_checks
 from medml.data import SPLITS, DatasetArrays
 
 Source = str | os.PathLike | BinaryIO
@@ -146,6 +150,190 @@ def parse_medmnist_filename(name: str) -> tuple[str, int] | None:
 
 
 # --------------------------------------------------------------------------------------------
+# Archive and upload checks shared by dataset imports and batch inputs
+
+# End of central directory record, and the ZIP64 locator and record that replace its counts.
+_EOCD = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_EOCD_SEARCH = _EOCD.size + 0xFFFF  # the record plus the longest archive comment
+# Uploaded file names: no longer than a file system allows, and never a path.
+MAX_UPLOAD_NAME_LENGTH = 255
+_NAME_FORBIDDEN = frozenset('/\\<>"|?*')
+_NAME_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+@contextlib.contextmanager
+def _binary(source: Source):
+    """A readable binary handle on ``source``; a file object is left at the position it had."""
+    if _is_file_object(source):
+        position = source.tell()
+        try:
+            yield source
+        finally:
+            source.seek(position)
+    else:
+        with open(source, "rb") as handle:
+            yield handle
+
+
+def declared_member_count(source: Source) -> int | None:
+    """How many entries a zip's end-of-central-directory record declares, or ``None`` without one.
+
+    Read from the last bytes of the file, before :mod:`zipfile` builds an object for every entry
+    of the central directory: an archive of millions of tiny entries is refused without that cost.
+    """
+    with _binary(source) as handle:
+        handle.seek(0, io.SEEK_END)
+        size = handle.tell()
+        start = max(0, size - _EOCD_SEARCH)
+        handle.seek(start)
+        tail = handle.read(size - start)
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < _EOCD.size:
+            return None
+        count = _EOCD.unpack_from(tail, at)[4]
+        if count != 0xFFFF or at < _ZIP64_LOCATOR.size:
+            return count
+        signature, _, record_offset, _ = _ZIP64_LOCATOR.unpack_from(tail, at - _ZIP64_LOCATOR.size)
+        if signature != b"PK\x06\x07" or record_offset > size - _ZIP64_EOCD.size:
+            return count
+        handle.seek(record_offset)
+        record = handle.read(_ZIP64_EOCD.size)
+        if record[:4] != b"PK\x06\x06":
+            return count
+        return _ZIP64_EOCD.unpack(record)[7]
+
+
+def check_zip_start(source: Source, start: int = 0) -> None:
+    """Refuse a zip that does not begin at offset ``start`` (where its reader started reading).
+
+    :mod:`zipfile` finds an archive appended to anything (an image, an HTML page, a program), so
+    such a polyglot would otherwise pass for a plain archive.
+    """
+    with _binary(source) as handle:
+        handle.seek(start)
+        signature = handle.read(4)
+    if signature not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise DatasetFormatError(
+            "the archive does not start at the beginning of the file (other data comes first)"
+        )
+
+
+def _check_declared_members(source: Source, limits: ImportLimits) -> None:
+    """Refuse a zip whose directory declares more entries than ``limits.max_members``."""
+    count = declared_member_count(source)
+    if count is not None and count > limits.max_members:
+        raise DatasetFormatError(f"archive has {count} members; the limit is {limits.max_members}")
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """What an ``.npy`` member of an ``.npz`` declares, read without loading its data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    declared_bytes: int
+
+
+def _read_npy_header(handle: BinaryIO, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, SyntaxError, EOFError, zlib.error, zipfile.BadZipFile, OSError) as exc:
+        raise DatasetFormatError(f"'{key}' is not a readable .npy array: {exc}") from exc
+    return tuple(int(d) for d in shape), dtype
+
+
+def inspect_npz(source: Source, limits: ImportLimits) -> dict[str, NpyHeader]:
+    """Check an ``.npz`` archive before any array is loaded, and say what each array declares.
+
+    Only the archive's directory and the first bytes of each ``.npy`` member are read. Refused:
+    a file that is not a zip, more members than the limit, members whose names escape the archive
+    or that are links, more declared bytes than the limit, an array of Python objects (pickled
+    data), and a header that declares more data than its member holds (a shape that would make
+    the loader allocate far more memory than the file could fill).
+
+    Returns:
+        Each array's key (its member name without ``.npy``) and declared shape, dtype and size.
+    """
+    _check_declared_members(source, limits)
+    headers: dict[str, NpyHeader] = {}
+    with _binary(source) as handle:
+        start = handle.tell()
+        try:
+            archive = zipfile.ZipFile(handle)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+            raise DatasetFormatError(
+                f"not a valid .npz file (a zip archive is expected): {exc}"
+            ) from exc
+        with archive:
+            check_zip_start(handle, start)
+            infos = archive.infolist()
+            if len(infos) > limits.max_members:
+                raise DatasetFormatError(
+                    f"archive has {len(infos)} members; the limit is {limits.max_members}"
+                )
+            total = sum(info.file_size for info in infos)
+            if total > limits.max_total_bytes:
+                raise DatasetFormatError(
+                    f"archive holds {total} bytes uncompressed; the limit is {limits.max_total_bytes}"
+                )
+            for info in infos:
+                check_member_is_safe(info)
+                if info.is_dir() or not info.filename.endswith(".npy"):
+                    continue
+                key = info.filename[: -len(".npy")]
+                try:
+                    with archive.open(info) as member:
+                        shape, dtype = _read_npy_header(member, key)
+                        header_bytes = member.tell()
+                except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
+                    if isinstance(exc, DatasetFormatError):
+                        raise
+                    raise DatasetFormatError(f"'{key}' is corrupt: {exc}") from exc
+                if dtype.hasobject:
+                    raise DatasetFormatError(f"{key}: object arrays are not allowed (pickled data)")
+                declared = math.prod(shape) * dtype.itemsize
+                held = info.file_size - header_bytes
+                if declared > held:
+                    raise DatasetFormatError(
+                        f"'{key}' declares shape {_describe_shape(shape)} of {dtype} ({declared} "
+                        f"bytes) but its member holds {max(held, 0)} bytes"
+                    )
+                headers[key] = NpyHeader(shape, dtype, declared)
+    return headers
+
+
+def upload_name_problem(name: str) -> str | None:
+    """Why an uploaded file's name is refused, or ``None`` when it is acceptable.
+
+    The platform never uses a client's file name to store anything, but it shows names back to
+    users and writes them into results, so a name that is a path, holds control, invisible or
+    bidirectional-override characters, markup characters or is longer than a file system allows
+    is refused rather than silently cleaned.
+    """
+    if not name or not name.strip():
+        return "the file name is empty"
+    if len(name) > MAX_UPLOAD_NAME_LENGTH:
+        return f"the file name has {len(name)} characters; the limit is {MAX_UPLOAD_NAME_LENGTH}"
+    if name in (".", "..") or ".." in re.split(r"[/\\]", name):
+        return "the file name is a path that leaves its folder"
+    for char in name:
+        if char in _NAME_FORBIDDEN:
+            return f"the file name contains {char!r}; paths and markup are not accepted in names"
+        if unicodedata.category(char) in _NAME_FORBIDDEN_CATEGORIES:
+            return (f"the file name contains the invisible or control character "
+                    f"U+{ord(char):04X} ({unicodedata.name(char, 'unnamed')})")
+    return None
+
+
+# --------------------------------------------------------------------------------------------
 # MedMNIST .npz
 
 
@@ -155,26 +343,6 @@ def _is_file_object(source: Source) -> bool:
 
 def _describe_shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _check_npz_members(source: Source, limits: ImportLimits) -> None:
-    """Reject archives whose declared uncompressed size is too large, before decompressing."""
-    try:
-        with zipfile.ZipFile(source) as archive:
-            infos = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
-        raise DatasetFormatError(
-            f"not a valid .npz file (a zip archive is expected): {exc}"
-        ) from exc
-    if len(infos) > limits.max_members:
-        raise DatasetFormatError(
-            f"archive has {len(infos)} members; the limit is {limits.max_members}"
-        )
-    total = sum(info.file_size for info in infos)
-    if total > limits.max_total_bytes:
-        raise DatasetFormatError(
-            f"archive holds {total} bytes uncompressed; the limit is {limits.max_total_bytes}"
-        )
 
 
 def _read_npz_arrays(source: Source) -> tuple[dict[str, np.ndarray], bool]:
@@ -331,7 +499,7 @@ def load_medmnist_npz(
     limits = limits or ImportLimits()
     start = source.tell() if _is_file_object(source) else None
     try:
-        _check_npz_members(source, limits)
+        inspect_npz(source, limits)
         if start is not None:
             source.seek(start)
         arrays, official_keys_only = _read_npz_arrays(source)
@@ -557,7 +725,10 @@ def _inspect_image(data: bytes, name: str, max_pixels: int) -> tuple[tuple[int, 
     image = _open_checked_image(data, name, max_pixels)
     size, mode = image.size, image.mode
     try:
+        image_checks.check_image_structure(image)
         image.verify()
+    except image_checks.ImageInputError as exc:
+        raise DatasetFormatError(f"'{name}': {exc}") from exc
     except (OSError, ValueError, SyntaxError, zlib.error, EOFError) as exc:
         raise DatasetFormatError(f"'{name}' is not a readable image: {exc}") from exc
     finally:
@@ -570,6 +741,9 @@ def _decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     image = _open_checked_image(data, name, max_pixels)
     try:
         image.load()
+        image_checks.check_no_active_content(data, image)
+    except image_checks.ImageInputError as exc:
+        raise DatasetFormatError(f"'{name}': {exc}") from exc
     except (OSError, ValueError, SyntaxError, zlib.error, EOFError) as exc:
         raise DatasetFormatError(f"'{name}' is not a readable image: {exc}") from exc
     return image
@@ -580,6 +754,8 @@ def _to_8bit(image: Image.Image, name: str) -> Image.Image:
     if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
         return image
     values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise DatasetFormatError(f"'{name}' holds NaN or infinite pixel values")
     if image.mode.startswith("I;16"):
         scale = 255 / 65535
     elif values.min() < 0 or values.max() > 65535:
@@ -679,11 +855,14 @@ def _load_image_folder_archive(
     channels: int | None,
     progress: Callable[[int, int], None] | None,
 ) -> DatasetArrays:
+    _check_declared_members(source, limits)
+    start = source.tell() if _is_file_object(source) else 0
     try:
         archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
         raise DatasetFormatError(f"not a valid zip archive: {exc}") from exc
     with archive:
+        check_zip_start(source, start)
         members = _image_members(archive, limits)
         has_split_folders, placement = _assign_layout(members)
         class_names = sorted({class_name for _, class_name in placement})

@@ -3,6 +3,10 @@
 Every upload is untrusted. :func:`decode_upload` accepts PNG, JPEG, BMP and TIFF only, checks the
 declared size before any pixel is decoded (decompression bombs), verifies the file's structure and
 then decodes it fully, so a truncated or damaged file is an error rather than a half-grey image.
+It also refuses what is an image and something else at once: files of several images (multi-page
+TIFF, animated PNG), colour spaces that cannot be turned into RGB without a colour profile (CMYK,
+LAB), data after the end of a PNG, and HTML or script markup anywhere in the file or its metadata
+(polyglots a browser or another program could take for a web page).
 
 :func:`to_model_input` produces the ``uint8`` ``(H, W, C)`` array a model of :mod:`medml.architectures`
 takes. An image already at the dataset's native size is only converted to the right number of
@@ -16,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import struct
 import warnings as py_warnings
 import zlib
 from collections.abc import Mapping
@@ -38,6 +43,22 @@ FORMAT_EXTENSIONS: dict[str, str] = {
 }
 # Only these decoders are ever tried, whatever the file claims to be.
 _PILLOW_PLUGINS = ("PNG", "JPEG", "BMP", "TIFF")
+# Pillow modes that convert to 8-bit grayscale or RGB without guessing; others (CMYK, LAB, HSV)
+# would need the colour profile the file was made with.
+ACCEPTED_MODES = frozenset({
+    "1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "YCbCr",
+    "I", "I;16", "I;16B", "I;16L", "I;16N", "F",
+})
+# Markup that would let a browser or another program take the file for a web page or a script.
+# Every pattern is at least six bytes long, so compressed pixel data matches one by chance about
+# once in 10^11 bytes. SVG's shorter opening tag is only looked for where content sniffers look.
+_MARKUP = re.compile(
+    rb"<(?:script|iframe|object|embed)|<(?:html|body)[\s>]|<!doctype\s*html|<\?php|javascript:",
+    re.IGNORECASE,
+)
+_SNIFFED_MARKUP = re.compile(rb"<svg[\s>]|<\?xml-stylesheet", re.IGNORECASE)
+_SNIFF_WINDOW = 4096
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, zlib.error, Image.DecompressionBombError)
 
 # Warn when the image's width/height ratio differs from the training images' by more than this factor.
@@ -125,7 +146,7 @@ def decode_upload(data: bytes, *, max_pixels: int, max_bytes: int) -> Image.Imag
     """Decode an uploaded image file, refusing anything unsafe or damaged.
 
     The returned image is fully loaded and keeps Pillow's ``format`` (``"PNG"``, ``"JPEG"``,
-    ``"MPO"``, ``"BMP"`` or ``"TIFF"``); multi-frame files give their first frame.
+    ``"MPO"``, ``"BMP"`` or ``"TIFF"``); an MPO gives its first image.
 
     Args:
         data: The file's bytes.
@@ -137,7 +158,8 @@ def decode_upload(data: bytes, *, max_pixels: int, max_bytes: int) -> Image.Imag
 
     Raises:
         ImageInputError: for an empty or oversized file, an unsupported format, a decompression
-            bomb, or a truncated or corrupt image.
+            bomb, a truncated or corrupt image, or one refused by :func:`check_image_structure`
+            or :func:`check_no_active_content`.
     """
     if not data:
         raise ImageInputError("the file is empty")
@@ -145,7 +167,10 @@ def decode_upload(data: bytes, *, max_pixels: int, max_bytes: int) -> Image.Imag
         raise ImageInputError(f"the file has {len(data)} bytes; the limit is {max_bytes}")
     image = _open(data, max_pixels)
     try:
+        check_image_structure(image)
         image.verify()
+    except ImageInputError:
+        raise
     except _DECODE_ERRORS as exc:
         raise ImageInputError(f"the image is damaged or truncated ({_reason(exc)})") from exc
     finally:
@@ -154,10 +179,78 @@ def decode_upload(data: bytes, *, max_pixels: int, max_bytes: int) -> Image.Imag
     image = _open(data, max_pixels)
     try:
         image.load()
+        check_no_active_content(data, image)
+    except ImageInputError:
+        image.close()
+        raise
     except _DECODE_ERRORS as exc:
         image.close()
         raise ImageInputError(f"the image is damaged or truncated ({_reason(exc)})") from exc
     return image
+
+
+def check_image_structure(image: Image.Image) -> None:
+    """Refuse a file of several images, or a colour space that cannot be converted safely.
+
+    Reads the header only (for TIFF, the chain of page directories), never the pixels.
+
+    Raises:
+        ImageInputError: for a multi-page TIFF or animated PNG (which page is the image?) and for
+            modes outside :data:`ACCEPTED_MODES`, naming them.
+    """
+    frames = getattr(image, "n_frames", 1)
+    # MPO is a JPEG with a second, preview image: the first is the photograph.
+    if frames > 1 and image.format != "MPO":
+        raise ImageInputError(
+            f"the {image.format} file holds {frames} images; upload one image per file"
+        )
+    if image.mode not in ACCEPTED_MODES:
+        raise ImageInputError(
+            f"{image.mode} images are not accepted: their colours cannot be converted to RGB "
+            "without the file's colour profile; save the image as RGB or grayscale"
+        )
+
+
+def check_no_active_content(data: bytes, image: Image.Image) -> None:
+    """Refuse a file that is also something other than an image (a polyglot).
+
+    ``image`` must be loaded, so that text chunks after a PNG's pixels have been read.
+
+    Raises:
+        ImageInputError: for data after the end of a PNG, or HTML/script markup in the bytes,
+            the beginning browsers sniff, or the text metadata (PNG text chunks, JPEG comments).
+    """
+    if image.format == "PNG":
+        extra = len(data) - _png_end(data)
+        if extra > 0:
+            raise ImageInputError(
+                f"{extra} bytes follow the end of the PNG image; a plain image is expected"
+            )
+    texts = [data]
+    metadata = dict(image.info)
+    metadata.update(getattr(image, "text", None) or {})
+    for value in metadata.values():
+        if isinstance(value, str):
+            texts.append(value.encode("utf-8", "replace"))
+        elif isinstance(value, bytes):
+            texts.append(value)
+    head = data[:_SNIFF_WINDOW]
+    if any(_MARKUP.search(text) for text in texts) or _SNIFFED_MARKUP.search(head):
+        raise ImageInputError(
+            "the file contains HTML or script markup; it is refused as a possible polyglot"
+        )
+
+
+def _png_end(data: bytes) -> int:
+    """Offset just past a PNG's IEND chunk, found by walking its chunks (``len(data)`` if none)."""
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= len(data):
+        (length,) = struct.unpack_from(">I", data, offset)
+        kind = data[offset + 4 : offset + 8]
+        offset += 12 + length
+        if kind == b"IEND":
+            return min(offset, len(data))
+    return len(data)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -225,6 +318,8 @@ def to_model_input(
         the user about conversions that may make the prediction less reliable.
 
     Raises:
+        ImageInputError: for pixel values that cannot be scaled to 8 bits (NaN, infinite,
+            negative or past 16 bits).
         ValueError: for ``channels`` other than 1 or 3 or an unreadable ``preprocessing``.
     """
     if channels not in (1, 3):
@@ -275,7 +370,10 @@ def _to_l_or_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     note = None
     mode = image.mode
     if mode in ("I", "F") or mode.startswith("I;16"):
-        return _to_8bit_gray(image), None
+        return _to_8bit_gray(image), (
+            "the image has more than 8 bits per pixel; it was scaled to 8 bits, so an image that "
+            "uses only part of the range (10 or 12 bits) comes out darker than a viewer shows it"
+        )
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode
@@ -287,18 +385,21 @@ def _to_l_or_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     elif mode == "1":
         image = image.convert("L")
     elif mode not in ("L", "RGB"):
-        image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+        image = image.convert("RGB")  # YCbCr, RGBX; decode_upload refuses CMYK, LAB and HSV
     return image, note
 
 
 def _to_8bit_gray(image: Image.Image) -> Image.Image:
     values = np.asarray(image, dtype=np.float64)
-    if image.mode.startswith("I;16"):
-        scale = 255 / 65535
-    elif values.size and values.max() > 255:
-        scale = 255 / max(values.max(), 65535)
-    else:
-        scale = 1.0
+    if not np.isfinite(values).all():
+        raise ImageInputError("the image holds NaN or infinite pixel values")
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ImageInputError(
+            f"the image has pixel values from {values.min():g} to {values.max():g}; only 8- and "
+            "16-bit ranges are supported"
+        )
+    # 16-bit storage, or 32-bit storage of values past 8 bits: the 16-bit range maps to 8 bits.
+    scale = 255 / 65535 if image.mode.startswith("I;16") or (values.size and values.max() > 255) else 1.0
     return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8))
 
 

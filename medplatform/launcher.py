@@ -103,6 +103,9 @@ def main() -> int:
             PYTHON, "-m", "gunicorn", "medplatform.wsgi:application", "--bind", f"{host}:{port}",
             "--workers", os.environ.get("WEB_WORKERS", "2"), "--threads", "4",
             "--timeout", "300", "--access-logfile", "-",
+            # Keep idle connections open longer than clients pause between requests: with the
+            # 2 s default a busy worker can close one just as a request arrives on it (a reset).
+            "--keep-alive", os.environ.get("WEB_KEEP_ALIVE", "65"),
         ])
         print(f"\nMedPlatform is running at http://{host}:{port}/  (Ctrl-C stops everything)\n",
               flush=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
+from urllib.parse import parse_qs
 
-from medplatform.env import BASE_DIR, broker_url, env, var_dir
+from medplatform.env import BASE_DIR, broker_url, embedded_redis_socket, env, var_dir
 
 VAR_DIR = var_dir()
 
@@ -52,6 +54,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "medplatform.middleware.ContentSecurityPolicyMiddleware",
+    "medplatform.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "medplatform.urls"
@@ -90,6 +93,16 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Failed log-ins lock the username (and, with more failures, the client address) for a while;
+# see medplatform/auth.py. The lockout backend comes first so a locked login is refused outright.
+AUTHENTICATION_BACKENDS = [
+    "medplatform.auth.LockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_LOCKOUT_FAILURES = env.int("LOGIN_LOCKOUT_FAILURES", default=5)
+LOGIN_LOCKOUT_ADDRESS_FAILURES = env.int("LOGIN_LOCKOUT_ADDRESS_FAILURES", default=20)
+LOGIN_LOCKOUT_WINDOW = env.int("LOGIN_LOCKOUT_WINDOW", default=15 * 60)
+LOGIN_LOCKOUT_DURATION = env.int("LOGIN_LOCKOUT_DURATION", default=15 * 60)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -142,6 +155,9 @@ PREDICTION_MAX_FILES = env.int("PREDICTION_MAX_FILES", default=16)
 PREDICTION_MAX_BYTES = env.int("PREDICTION_MAX_BYTES", default=10 * 1024 * 1024)
 PREDICTION_MAX_PIXELS = env.int("PREDICTION_MAX_PIXELS", default=4096 * 4096)
 MODEL_CACHE_DIR = Path(env("MODEL_CACHE_DIR", default=str(VAR_DIR / "model-cache")))
+# CPU threads of one ONNX Runtime call: a web request classifies a few images, and the web
+# server already runs one process per core, so 1. Batch jobs in workers use every core.
+PREDICTION_THREADS = env.int("PREDICTION_THREADS", default=1)
 
 # MedMNIST: a local folder of official .npz files, or the official download when online.
 MEDMNIST_DIR = env("MEDMNIST_DIR", default=str(BASE_DIR.parent / "shared" / "data"))
@@ -168,6 +184,8 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
 JOB_HEARTBEAT_TIMEOUT = env.int("JOB_HEARTBEAT_TIMEOUT", default=120)
+# Seconds a job may wait queued before the sweeper checks that the broker still holds its message.
+JOB_QUEUED_GRACE = env.float("JOB_QUEUED_GRACE", default=300.0)
 CELERY_BEAT_SCHEDULE = {
     "sweep-stale-jobs": {
         "task": "training.tasks.sweep_stale_jobs",
@@ -186,9 +204,12 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "medplatform.throttling.AnonRateThrottle",
+        "medplatform.throttling.UserRateThrottle",
     ],
+    # Proxies in front of the web server that append to X-Forwarded-For (0: use the peer address,
+    # which a client cannot forge). Rate limits and log-in lockout count per address found so.
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
     "DEFAULT_THROTTLE_RATES": {
         "anon": env("API_THROTTLE_ANON", default="60/min"),
         "user": env("API_THROTTLE_USER", default="1200/min"),
@@ -205,7 +226,42 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+def _redis_cache_location() -> str | None:
+    """The Redis server for the cache, as a redis-py URL; ``None`` when there is none.
+
+    ``REDIS_URL`` when set (Celery's ``redis+socket://`` form becomes redis-py's ``unix://``),
+    else the embedded server's socket while that server runs (the launcher starts it before the
+    web server). Without either, as in the test suite, the cache is per process.
+    """
+    url = os.environ.get("REDIS_URL", "").strip()
+    if not url:
+        from medplatform.embedded_redis import is_running
+
+        socket = embedded_redis_socket(VAR_DIR)
+        if not is_running(socket):
+            return None
+        url = f"redis+socket://{socket}"
+    scheme, _, rest = url.partition("://")
+    if scheme in ("redis+socket", "socket"):
+        path, _, query = rest.partition("?")
+        params = parse_qs(query)
+        db = (params.get("virtual_host") or params.get("db") or ["0"])[0]
+        return f"unix://{path}?db={db}"
+    return url
+
+
+# Log-in lockout counts and API rate limits live in the cache: shared through Redis when there is
+# one, so that every web process sees the same counts.
+_CACHE_LOCATION = _redis_cache_location()
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": _CACHE_LOCATION,
+        "KEY_PREFIX": "medplatform-cache",
+    } if _CACHE_LOCATION else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
 
 # Security: production values come from the environment (see README, "Deploying").
 SECURE_CONTENT_TYPE_NOSNIFF = True

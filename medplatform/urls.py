@@ -2,21 +2,26 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from classifier.api.predictions import PredictionViewSet
 from classifier.api.views import DatasetViewSet, ModelVersionViewSet
+from medplatform import auth
 from medplatform import views as site_views
 from medplatform.health import healthz
 
+# The admin's log-in form says when log-in is locked after failed attempts (medplatform/auth.py).
+admin.site.login_form = auth.LockoutAdminAuthenticationForm
+
 router = DefaultRouter()
+# No ``.json`` suffix routes: formats are negotiated (Accept, or ?format=), one URL per resource.
+router.include_format_suffixes = False
 router.register("datasets", DatasetViewSet, basename="dataset")
 router.register("models", ModelVersionViewSet, basename="modelversion")
 router.register("predictions", PredictionViewSet, basename="prediction")
 
 api_patterns = [
-    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("auth/token/", auth.ObtainAuthTokenView.as_view(), name="api-token"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("training.api_urls")),
@@ -26,7 +31,7 @@ api_patterns = [
 
 urlpatterns = [
     path("", site_views.home, name="home"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", auth.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),

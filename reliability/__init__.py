@@ -1,1 +1,4 @@
-"""Reliability and security measurements: fault injection, load, hostile input (see docs/RELIABILITY.md)."""
+"""Reliability and security measurements: fault injection, load, hostile input.
+
+See docs/RELIABILITY.md and the documents in docs/reliability/.
+"""

@@ -413,7 +413,7 @@ def test_web_migrates_ensures_the_admin_imports_medmnist_then_serves(sandbox):
         "python manage.py ensure_admin",
         "python manage.py import_medmnist --all --keep-going",
         "gunicorn medplatform.wsgi:application --bind 0.0.0.0:8000 --workers 2 --threads 4"
-        " --timeout 300 --worker-tmp-dir /dev/shm --access-logfile -",
+        " --timeout 300 --keep-alive 65 --worker-tmp-dir /dev/shm --access-logfile -",
     ]
     assert sandbox.role() == "web"
 

@@ -18,7 +18,7 @@ import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from classifier import selectors as catalog_selectors
@@ -27,6 +27,7 @@ from classifier import services_predict
 from classifier import services_registry as registry_services
 from classifier.models import Dataset, ModelVersion
 from medml import batch as medml_batch
+from training import services
 from training.models import InferenceJob
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ def _read_input(*, model_version: ModelVersion, source: BinaryIO, filename: str,
     suffix = filename.lower().rsplit(".", 1)[-1] if "." in filename else ""
     if suffix == "npz":
         return medml_batch.read_npz(source, shape=dataset.image_shape,
-                                    num_classes=dataset.num_classes)
+                                    num_classes=dataset.num_classes,
+                                    limits=catalog_services.import_limits())
     if suffix == "zip":
         limits = catalog_services.import_limits()
         return medml_batch.read_zip(
@@ -58,9 +60,26 @@ def _read_input(*, model_version: ModelVersion, source: BinaryIO, filename: str,
 
 def inference_job_create(
     *, owner, model_version: ModelVersion, dataset: Dataset | None = None, split: str = "",
-    upload=None,
+    upload=None, idempotency_key: str = "",
 ) -> InferenceJob:
     """Check the input and queue a batch inference job for ``model_version``."""
+    return inference_job_submit(owner=owner, model_version=model_version, dataset=dataset,
+                                split=split, upload=upload, idempotency_key=idempotency_key)[0]
+
+
+def inference_job_submit(
+    *, owner, model_version: ModelVersion, dataset: Dataset | None = None, split: str = "",
+    upload=None, idempotency_key: str = "",
+) -> tuple[InferenceJob, bool]:
+    """:func:`inference_job_create`, returning ``(job, created)``.
+
+    With an ``idempotency_key``, a repeated request (even a concurrent one) returns the job the
+    first one created, and stores nothing more.
+    """
+    if idempotency_key:
+        existing = InferenceJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+        if existing:
+            return existing, False
     if upload is None:
         if dataset is None or dataset.pk != model_version.dataset_id:
             raise InferenceInputError("choose a split of the model's own dataset, or upload a file")
@@ -84,13 +103,16 @@ def inference_job_create(
     try:
         with transaction.atomic():
             job = InferenceJob.objects.create(owner=owner, model_version=model_version,
-                                              input_file=stored or "", **fields)
+                                              input_file=stored or "",
+                                              idempotency_key=idempotency_key, **fields)
             transaction.on_commit(lambda: inference_job_enqueue(job=job))
-    except Exception:
+    except Exception as exc:
         if stored:
             default_storage.delete(stored)
+        if idempotency_key and isinstance(exc, IntegrityError):
+            return InferenceJob.objects.get(owner=owner, idempotency_key=idempotency_key), False
         raise
-    return job
+    return job, True
 
 
 def inference_job_enqueue(*, job: InferenceJob) -> None:
@@ -138,7 +160,8 @@ def inference_job_run(*, job_id: int) -> str:
             with job.input_file.open("rb") as fh:
                 batch = _read_input(model_version=model, source=fh, filename=job.input_name,
                                     progress=reading)
-        predictor = services_predict.predictor_for(model)
+        # A batch job has the worker to itself: every core (0) for one ONNX Runtime call.
+        predictor = services_predict.predictor_for(model, threads=0)
         probs = np.empty((len(batch), len(class_names)), dtype=np.float32)
         last_beat = 0.0
         for start in range(0, len(batch), BATCH_SIZE):
@@ -148,8 +171,7 @@ def inference_job_run(*, job_id: int) -> str:
                 if not mine.update(done=stop, heartbeat_at=timezone.now()):
                     return "lost the job"
                 last_beat = time.monotonic()
-        predicted = np.array([services_predict.predicted_index(p, model.decision_threshold)
-                              for p in probs])
+        predicted = services_predict.predicted_indices(probs, model.decision_threshold)
         csv_bytes, json_bytes = medml_batch.write_results(batch, probs, predicted, class_names)
         report = {}
         if batch.labels is not None:
@@ -169,6 +191,8 @@ def inference_job_run(*, job_id: int) -> str:
             default_storage.delete(csv_name)
             default_storage.delete(json_name)
             return "lost the job"
+    except services.DATABASE_UNAVAILABLE:
+        raise  # not the job's fault: the task retries, or the sweep hands the job on
     except Exception as exc:
         logger.exception("inference job %s failed", job_id)
         mine.update(status=Status.FAILED, finished_at=timezone.now(),
@@ -177,10 +201,28 @@ def inference_job_run(*, job_id: int) -> str:
     return "succeeded"
 
 
-def inference_jobs_sweep() -> int:
-    """Queue again the running jobs whose worker stopped sending heartbeats."""
-    stale = timezone.now() - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT)
+def inference_jobs_sweep(*, queued_grace: float | None = None) -> int:
+    """Queue again the running jobs whose worker stopped sending heartbeats, and the queued jobs
+    whose message went missing from the broker (as ``training_jobs_sweep`` does)."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT)
     jobs = list(InferenceJob.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale))
     for job in jobs:
         inference_job_enqueue(job=job)
+    grace = services._queued_grace() if queued_grace is None else queued_grace
+    waiting = list(InferenceJob.objects.filter(
+        status=Status.QUEUED, created_at__lt=now - timedelta(seconds=grace)
+    ).values_list("pk", flat=True))
+    if waiting:
+        from medplatform.celery import waiting_task_args
+        from training.tasks import run_inference_job
+
+        in_broker = waiting_task_args(run_inference_job.name)
+        present = {args[0] for args in in_broker or [] if args}
+        missing = [job_id for job_id in waiting if in_broker is not None and job_id not in present]
+        for job_id in missing:
+            logger.warning("sweep: inference job %s is queued but its message is missing; "
+                           "sending it again", job_id)
+            inference_job_enqueue(job=InferenceJob(pk=job_id))
+        return len(jobs) + len(missing)
     return len(jobs)

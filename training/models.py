@@ -129,6 +129,7 @@ class InferenceJob(models.Model):
         Dataset, null=True, blank=True, on_delete=models.CASCADE, related_name="inference_jobs"
     )
     split = models.CharField(max_length=10, blank=True)
+    idempotency_key = models.CharField(max_length=100, blank=True)
     input_file = models.FileField(upload_to="inference/inputs/", blank=True, max_length=255)
     input_name = models.CharField(max_length=255, blank=True)
     status = models.CharField(
@@ -153,6 +154,13 @@ class InferenceJob(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="unique_inference_job_idempotency_key",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"Inference job #{self.pk} ({self.get_status_display()})"

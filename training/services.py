@@ -3,6 +3,11 @@
 A job row is the source of truth; the Celery message only says "look at job N". Every step that
 changes a job's owner-worker is a conditional UPDATE, so at most one worker trains a job at a time
 and a redelivered or duplicated message does nothing.
+
+A running job outlives a brief database outage: heartbeats, progress and log lines that cannot be
+written are skipped (training goes on), and the writes that end a job are retried with backoff,
+in one transaction each, so that an outage never leaves a model without its job or a stored
+artifact without its model.
 """
 
 from __future__ import annotations
@@ -18,14 +23,15 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from classifier import selectors as catalog_selectors
 from classifier import services as catalog_services
 from classifier import services_registry as registry_services
-from classifier.models import Dataset
+from classifier.models import Dataset, ModelVersion
 from training.models import ACTIVE_STATUSES, TrainingJob
 
 logger = logging.getLogger(__name__)
@@ -33,6 +39,12 @@ logger = logging.getLogger(__name__)
 Status = TrainingJob.Status
 MAX_LOG_LINES = 500
 HEARTBEAT_SECONDS = 2.0
+# Errors that mean "the database is unreachable right now", not "this request is wrong".
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+# How long the writes that end a job keep retrying through a database outage.
+DB_RETRY_SECONDS = 120.0
+# A queued job whose broker message is missing for longer than this is sent again by the sweep.
+DEFAULT_QUEUED_GRACE = 300.0
 
 
 class JobStateError(Exception):
@@ -41,6 +53,36 @@ class JobStateError(Exception):
 
 class JobLost(Exception):
     """This worker no longer holds the job (it was cancelled for good or taken over)."""
+
+
+def reset_broken_connection() -> None:
+    """Close a connection that an outage broke, so that the next query opens a fresh one."""
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+def retry_through_outage(action: Callable[[], object], *, what: str,
+                         seconds: float = DB_RETRY_SECONDS, first_delay: float = 0.5,
+                         max_delay: float = 8.0):
+    """``action()``, tried again with exponential backoff while the database is unavailable.
+
+    ``action`` must be safe to repeat: one transaction, or reads. After ``seconds`` the last
+    error is raised (the Celery task then retries, or the sweep recovers the job).
+    """
+    deadline = time.monotonic() + seconds
+    delay = first_delay
+    while True:
+        try:
+            return action()
+        except DATABASE_UNAVAILABLE as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("%s: database unavailable (%s); retrying in %.1f s",
+                           what, str(exc).strip().splitlines()[0] if str(exc).strip() else
+                           type(exc).__name__, delay)
+            reset_broken_connection()
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
 
 
 def _config_from(*, preset: str, overrides: dict):
@@ -142,16 +184,25 @@ def training_job_claim(*, job_id: int) -> str | None:
               "claim_token": token, "heartbeat_at": now, "deliveries": F("deliveries") + 1}
     jobs = TrainingJob.objects.filter(pk=job_id, cancel_requested=False)
     if jobs.filter(status=Status.QUEUED).update(status=Status.RUNNING, started_at=now, **worker):
+        logger.info("job %s run %s: claimed the queued job", job_id, token[:8])
         return token
     stale = now - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT)
     if jobs.filter(status=Status.RUNNING, heartbeat_at__lt=stale).update(**worker):
-        _append_log(job_id, "previous worker stopped answering; resuming from the last checkpoint")
+        logger.info("job %s run %s: took the job over from a silent worker", job_id, token[:8])
+        _log_quietly(job_id, "previous worker stopped answering; resuming from the last checkpoint")
         return token
     return None
 
 
 class _JobHooks:
-    """Connects medml's training loop to the job row: progress, history, logs, cancel, liveness."""
+    """Connects medml's training loop to the job row: progress, history, logs, cancel, liveness.
+
+    Every write is conditional on this run still holding the job (``JobLost`` otherwise). A write
+    that fails because the database is briefly unreachable is skipped and training goes on: the
+    next heartbeat tries again, and the final registration writes the full history. The worker's
+    own log gets one line per completed epoch, tagged with the run, whether or not the database
+    could record it: a trace of which run trained which epoch, and when.
+    """
 
     def __init__(self, job_id: int, token: str, on_epoch: Callable[[int, dict], None] | None = None):
         self.job_id = job_id
@@ -159,21 +210,44 @@ class _JobHooks:
         self.on_epoch = on_epoch
         self._last_beat = 0.0
         self._cancel = False
+        self._outage_reported = False
 
     def _mine(self):
         return TrainingJob.objects.filter(pk=self.job_id, claim_token=self.token,
                                           status=Status.RUNNING)
 
-    def _beat(self, **fields) -> None:
-        if not self._mine().update(heartbeat_at=timezone.now(), **fields):
+    def _trace(self, message: str) -> None:
+        logger.info("job %s run %s: %s", self.job_id, self.token[:8], message)
+
+    def _database_unavailable(self, exc: Exception) -> None:
+        if not self._outage_reported:
+            self._trace(f"database unavailable ({type(exc).__name__}); training goes on")
+            self._outage_reported = True
+        reset_broken_connection()
+        self._last_beat = time.monotonic()  # try again after a heartbeat interval, not every batch
+
+    def _beat(self, **fields) -> bool:
+        """Refresh the heartbeat (and ``fields``); False when the database could not be reached."""
+        try:
+            held = self._mine().update(heartbeat_at=timezone.now(), **fields)
+            cancel = self._cancel_requested() if held else False
+        except DATABASE_UNAVAILABLE as exc:
+            self._database_unavailable(exc)
+            return False
+        if not held:
             raise JobLost(f"job #{self.job_id} is no longer held by this worker")
+        if self._outage_reported:
+            self._trace("database reachable again")
+            self._outage_reported = False
         self._last_beat = time.monotonic()
-        self._cancel = self._cancel_requested()
+        self._cancel = cancel
+        return True
 
     def _cancel_requested(self) -> bool:
         return TrainingJob.objects.filter(pk=self.job_id, cancel_requested=True).exists()
 
     def on_train_begin(self, *, total_epochs: int, resumed_from_epoch: int) -> None:
+        self._trace(f"training from epoch {resumed_from_epoch + 1} of {total_epochs}")
         self._beat(total_epochs=total_epochs, current_epoch=resumed_from_epoch)
         if resumed_from_epoch:
             self.log(f"resuming after epoch {resumed_from_epoch}")
@@ -183,17 +257,27 @@ class _JobHooks:
             self._beat(batch_progress=batch / max(total_batches, 1))
 
     def on_epoch_end(self, *, epoch: int, total_epochs: int, metrics: dict) -> None:
-        job = TrainingJob.objects.only("history").get(pk=self.job_id)
-        history = [h for h in job.history if h.get("epoch") != epoch] + [{"epoch": epoch, **metrics}]
-        self._beat(current_epoch=epoch, batch_progress=0.0, history=history)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                           if isinstance(v, float) and k != "seconds")
-        self.log(f"epoch {epoch}/{total_epochs}: {shown}")
+        line = f"epoch {epoch}/{total_epochs}: {shown}"
+        self._trace(line)
+        try:
+            job = TrainingJob.objects.only("history").get(pk=self.job_id)
+        except DATABASE_UNAVAILABLE as exc:
+            self._database_unavailable(exc)
+        else:
+            history = [h for h in job.history if h.get("epoch") != epoch]
+            if self._beat(current_epoch=epoch, batch_progress=0.0,
+                          history=[*history, {"epoch": epoch, **metrics}]):
+                self._append(line)
         if self.on_epoch:
             self.on_epoch(epoch, metrics)
         # Heartbeats are throttled, so a cancel could otherwise go unseen for a whole short
         # epoch; one query per epoch makes it take effect before the next one starts.
-        self._cancel = self._cancel_requested()
+        try:
+            self._cancel = self._cancel_requested()
+        except DATABASE_UNAVAILABLE as exc:
+            self._database_unavailable(exc)
 
     def should_stop(self) -> bool:
         if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
@@ -201,8 +285,14 @@ class _JobHooks:
         return self._cancel
 
     def log(self, message: str) -> None:
-        logger.info("job %s: %s", self.job_id, message)
-        _append_log(self.job_id, message)
+        self._trace(message)
+        self._append(message)
+
+    def _append(self, message: str) -> None:
+        try:
+            _append_log(self.job_id, message)
+        except DATABASE_UNAVAILABLE as exc:
+            self._database_unavailable(exc)
 
 
 def job_workdir(job_id: int) -> Path:
@@ -228,14 +318,28 @@ def _finish(job_id: int, token: str, *, log: str, **fields) -> bool:
     """End a job this worker holds, with its last log line in the same commit.
 
     Pages stop polling once a job is finished, so the outcome must not be logged after it.
+    Retried through a brief database outage.
     """
-    with transaction.atomic():
-        finished = bool(TrainingJob.objects.filter(pk=job_id, claim_token=token,
-                                                   status=Status.RUNNING).update(
-            finished_at=timezone.now(), **fields))
-        if finished:
-            _append_log(job_id, log)
-    return finished
+
+    def finish() -> bool:
+        with transaction.atomic():
+            finished = bool(TrainingJob.objects.filter(pk=job_id, claim_token=token,
+                                                       status=Status.RUNNING).update(
+                finished_at=timezone.now(), **fields))
+            if finished:
+                _append_log(job_id, log)
+        return finished
+
+    return retry_through_outage(finish, what=f"job {job_id}: recording the outcome")
+
+
+def _log_quietly(job_id: int, line: str) -> None:
+    """A job log line that is not worth failing for: dropped (and logged here) during an outage."""
+    try:
+        _append_log(job_id, line)
+    except DATABASE_UNAVAILABLE as exc:
+        logger.warning("job %s: could not log %r (%s)", job_id, line, type(exc).__name__)
+        reset_broken_connection()
 
 
 def training_job_run(
@@ -243,7 +347,10 @@ def training_job_run(
 ) -> str:
     """Claim and train one job to a terminal state. Returns what happened, for logs.
 
-    ``on_epoch(epoch, metrics)`` lets a caller in the same process follow progress.
+    ``on_epoch(epoch, metrics)`` lets a caller in the same process follow progress. When the
+    database is unreachable at the claim, or for longer than the retries last afterwards, the
+    error is raised for the Celery task to retry; a job claimed meanwhile is then recovered by
+    the sweep (its heartbeat stops) like the job of a worker that died.
     """
     from medml.config import TrainConfig
     from medml.fit import train
@@ -251,10 +358,18 @@ def training_job_run(
     token = training_job_claim(job_id=job_id)
     if token is None:
         return "skipped: finished, cancelled, or held by a live worker"
-    job = TrainingJob.objects.select_related("dataset", "owner").get(pk=job_id)
     hooks = _JobHooks(job_id, token, on_epoch)
     workdir = job_workdir(job_id)
     try:
+        job = retry_through_outage(
+            lambda: TrainingJob.objects.select_related("dataset", "owner").get(pk=job_id),
+            what=f"job {job_id}: loading")
+        if job.deliveries > 1:
+            try:
+                _remove_unregistered_artifacts(job_id)
+            except Exception:  # tidying up must not fail the job
+                logger.exception("job %s: could not look for unregistered artifacts", job_id)
+                reset_broken_connection()
         config = TrainConfig.from_dict(job.config)
         data = catalog_selectors.dataset_arrays(dataset=job.dataset)
         hooks.log(f"training {config.architecture} on {job.dataset.name} "
@@ -263,12 +378,16 @@ def training_job_run(
                        weights_dir=Path(settings.MEDML_WEIGHTS_DIR))
     except JobLost:
         return "lost the job to another worker"
+    except DATABASE_UNAVAILABLE:
+        raise  # not the job's fault: the task retries, or the sweep hands the job on
     except Exception as exc:
         logger.exception("training job %s failed", job_id)
         error = f"{type(exc).__name__}: {exc}"
         _finish(job_id, token, status=Status.FAILED, error=error, log=f"failed: {error}")
         return "failed"
-    TrainingJob.objects.filter(pk=job_id).update(device=result.device)
+    retry_through_outage(
+        lambda: TrainingJob.objects.filter(pk=job_id).update(device=result.device),
+        what=f"job {job_id}: recording the device")
     if result.cancelled:
         outcome = "cancelled" if _finish(
             job_id, token, status=Status.CANCELLED,
@@ -276,39 +395,120 @@ def training_job_run(
     else:
         outcome = "succeeded" if _register_result(job, token, result) else "lost"
     # After a takeover the checkpoints belong to the worker resuming from them.
-    if not TrainingJob.objects.filter(pk=job_id, status=Status.RUNNING).exists():
+    if not retry_through_outage(
+            lambda: TrainingJob.objects.filter(pk=job_id, status=Status.RUNNING).exists(),
+            what=f"job {job_id}: checking for a takeover"):
         shutil.rmtree(workdir, ignore_errors=True)
     return "lost the job to another worker" if outcome == "lost" else outcome
+
+
+def _remove_unregistered_artifacts(job_id: int) -> None:
+    """Delete what an earlier run of this job stored and never registered.
+
+    A run killed between storing the model artifact and committing its registration leaves the
+    file behind. That run had finished training, so the file is a copy of the job's best
+    checkpoint: stored copies of it that no model refers to are its leftovers. The earlier run
+    cannot still be committing: this run's claim waited for its transaction's lock.
+    """
+    from medml import dataset_io
+    from medml.fit import BEST_CHECKPOINT
+
+    best = job_workdir(job_id) / BEST_CHECKPOINT
+    if not best.exists():
+        return
+    prefix = dataset_io.sha256_of(best)[:16]
+    try:
+        _, files = default_storage.listdir("models")
+    except FileNotFoundError:
+        return
+    candidates = {f"models/{name}" for name in files if name.startswith(prefix)}
+    registered = set(ModelVersion.objects.filter(artifact__in=candidates)
+                     .values_list("artifact", flat=True))
+    for name in sorted(candidates - registered):
+        logger.warning("job %s: deleting %s, stored by a run that died before registering it",
+                       job_id, name)
+        default_storage.delete(name)
+
+
+class _CommitUncertain(OperationalError):
+    """The database went away while committing: the registration may or may not be stored."""
+
+
+def _register_once(job: TrainingJob, token: str, result, manifest: dict) -> ModelVersion | None:
+    """One attempt at registering the model and ending the job, in one transaction.
+
+    Returns None when this worker no longer holds a running job. An artifact stored by an
+    attempt that was rolled back is deleted at once; when the commit itself failed, whether it
+    went through is only known once the database answers again (``_CommitUncertain``).
+    """
+    stored = ""
+    committing = False
+    try:
+        with transaction.atomic():
+            locked = TrainingJob.objects.select_for_update().get(pk=job.pk)
+            if (locked.model_version_id or locked.claim_token != token
+                    or locked.status != Status.RUNNING):
+                return None  # taken over, or finished meanwhile (e.g. by the sweep)
+            model = catalog_services.model_version_register(
+                name=f"{job.dataset.slug}-{job.config['architecture']}",
+                architecture=job.config["architecture"], dataset=job.dataset, owner=job.owner,
+                artifact_path=result.model_path, config=job.config,
+                metrics=result.test_metrics or {}, val_metrics=result.val_metrics,
+                history=result.history, num_params=result.num_params,
+                train_seconds=result.train_seconds, manifest=manifest,
+            )
+            stored = model.artifact.name
+            TrainingJob.objects.filter(pk=job.pk).update(
+                status=Status.SUCCEEDED, model_version=model, finished_at=timezone.now(),
+                manifest=manifest, history=result.history, current_epoch=result.epochs_completed,
+                batch_progress=0.0,
+            )
+            # best_metric is None when the monitored value was never finite (a diverged run).
+            best = "undefined" if result.best_metric is None else f"{result.best_metric:.4f}"
+            _append_log(job.pk, f"registered {model}: best epoch {result.best_epoch}, "
+                                f"{result.monitor} {best}")
+            committing = True
+    except DATABASE_UNAVAILABLE as exc:
+        if stored and committing:
+            raise _CommitUncertain(stored) from exc
+        if stored:
+            default_storage.delete(stored)
+        raise
+    except BaseException:
+        if stored:
+            default_storage.delete(stored)
+        raise
+    return model
 
 
 def _register_result(job: TrainingJob, token: str, result) -> bool:
     """Record the best checkpoint as the job's one model, with the job's success, atomically.
 
-    Returns False, registering nothing, when this worker no longer holds a running job.
+    Returns False, registering nothing, when this worker no longer holds a running job. A
+    database outage is waited out; the model row, the job's success and the stored artifact are
+    written together or not at all.
     """
     manifest = _manifest(job, result.device)
-    with transaction.atomic():
-        locked = TrainingJob.objects.select_for_update().get(pk=job.pk)
-        if (locked.model_version_id or locked.claim_token != token
-                or locked.status != Status.RUNNING):
-            return False  # taken over, or finished meanwhile (e.g. by the sweep)
-        model = catalog_services.model_version_register(
-            name=f"{job.dataset.slug}-{job.config['architecture']}",
-            architecture=job.config["architecture"], dataset=job.dataset, owner=job.owner,
-            artifact_path=result.model_path, config=job.config,
-            metrics=result.test_metrics or {}, val_metrics=result.val_metrics,
-            history=result.history, num_params=result.num_params,
-            train_seconds=result.train_seconds, manifest=manifest,
-        )
-        TrainingJob.objects.filter(pk=job.pk).update(
-            status=Status.SUCCEEDED, model_version=model, finished_at=timezone.now(),
-            manifest=manifest, history=result.history, current_epoch=result.epochs_completed,
-            batch_progress=0.0,
-        )
-        # best_metric is None when the monitored value was never finite (a diverged run).
-        best = "undefined" if result.best_metric is None else f"{result.best_metric:.4f}"
-        _append_log(job.pk, f"registered {model}: best epoch {result.best_epoch}, "
-                            f"{result.monitor} {best}")
+    uncertain: list[str] = []  # artifacts of attempts whose commit may or may not have happened
+
+    def attempt() -> ModelVersion | None:
+        if uncertain:
+            committed = ModelVersion.objects.filter(artifact__in=uncertain).first()
+            for name in uncertain:
+                if committed is None or name != committed.artifact.name:
+                    default_storage.delete(name)
+            uncertain.clear()
+            if committed is not None:
+                return committed  # the lost commit had gone through
+        try:
+            return _register_once(job, token, result, manifest)
+        except _CommitUncertain as exc:
+            uncertain.append(exc.args[0])
+            raise
+
+    model = retry_through_outage(attempt, what=f"job {job.pk}: registering the model")
+    if model is None:
+        return False
     # Replace the basic test metrics with the full report (calibration, ROC, intervals) and keep
     # the per-image test predictions that paired comparisons need. The model stays registered,
     # with the basic metrics, if this fails.
@@ -316,13 +516,29 @@ def _register_result(job: TrainingJob, token: str, result) -> bool:
         registry_services.model_version_evaluate(model_version=model)
     except Exception as exc:
         logger.exception("evaluating %s failed", model)
-        _append_log(job.pk, f"full evaluation of {model} failed: {type(exc).__name__}: {exc}")
+        reset_broken_connection()
+        _log_quietly(job.pk, f"full evaluation of {model} failed: {type(exc).__name__}: {exc}")
     return True
 
 
-def training_jobs_sweep() -> int:
-    """Requeue running jobs whose worker stopped sending heartbeats. Returns how many."""
-    stale = timezone.now() - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT)
+def _queued_grace() -> float:
+    return float(getattr(settings, "JOB_QUEUED_GRACE", DEFAULT_QUEUED_GRACE))
+
+
+def training_jobs_sweep(*, queued_grace: float | None = None) -> int:
+    """Send again the jobs that would otherwise never run. Returns how many were sent.
+
+    - Running jobs whose worker stopped sending heartbeats (it died): the next worker takes
+      them over and resumes from the last checkpoint. Those whose cancel was requested are
+      closed as cancelled instead.
+    - Queued jobs older than ``queued_grace`` seconds (``JOB_QUEUED_GRACE``) whose message is
+      not waiting in the broker: it was lost when the broker restarted without its data, or was
+      never sent because the broker was down. Nothing is sent when the broker cannot be read.
+
+    The claim is atomic, so a job whose message turns out to be delivered twice still runs once.
+    """
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT)
     requeued = 0
     for job in TrainingJob.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale):
         if job.cancel_requested:
@@ -334,6 +550,26 @@ def training_jobs_sweep() -> int:
             continue
         training_job_enqueue(job=job)
         requeued += 1
+    grace = _queued_grace() if queued_grace is None else queued_grace
+    waiting = list(TrainingJob.objects.filter(
+        status=Status.QUEUED, created_at__lt=now - timedelta(seconds=grace)
+    ).values_list("pk", flat=True))
+    if waiting:
+        from medplatform.celery import waiting_task_args
+        from training.tasks import run_training_job
+
+        in_broker = waiting_task_args(run_training_job.name)
+        if in_broker is None:
+            logger.warning("sweep: cannot read the broker; %d queued job(s) not checked",
+                           len(waiting))
+            return requeued
+        present = {args[0] for args in in_broker if args}
+        for job_id in waiting:
+            if job_id not in present:
+                logger.warning("sweep: job %s is queued but its message is missing; sending it again",
+                               job_id)
+                training_job_enqueue(job=TrainingJob(pk=job_id))
+                requeued += 1
     return requeued
 
 

@@ -80,6 +80,15 @@ def job_retry(request, pk: int):
 # --- Batch inference -----------------------------------------------------------------------------
 
 
+def _dataset_split_allowed(user, model_id: int) -> bool:
+    """Whether the user may run the model over a split of its dataset (they can see both)."""
+    from classifier import selectors as catalog_selectors
+
+    model = catalog_selectors.model_versions_visible_to(user=user).filter(pk=model_id).first()
+    return model is None or catalog_selectors.datasets_visible_to(user=user).filter(
+        pk=model.dataset_id).exists()
+
+
 @login_required
 def inference_list(request):
     """Batch jobs, and the form to start one (a split of the model's dataset, or a file)."""
@@ -94,12 +103,17 @@ def inference_list(request):
     if request.method == "POST":
         data = {"model": request.POST.get("model", ""), "split": request.POST.get("split", ""),
                 "file": request.FILES.get("file")}
-        if not data["model"].isdigit():
+        model_id = catalog_selectors.parse_id(data["model"])
+        if model_id is None:
             errors.append("choose a model")
         elif bool(data["split"]) == bool(data["file"]):
             errors.append("choose either a split of the model's dataset or a file to upload")
+        elif data["split"] and not _dataset_split_allowed(request.user, model_id):
+            # A public model of a private dataset: its dataset's images stay private.
+            errors.append("you cannot run a model on a split of a dataset you cannot see; "
+                          "upload a file instead")
         else:
-            data["model"] = int(data["model"])
+            data["model"] = model_id
             try:
                 job = inference_job_from_request(request, data)
             except ValidationError as exc:

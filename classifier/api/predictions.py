@@ -14,6 +14,7 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
 from classifier import selectors, services, services_predict
+from classifier.api.views import CheckedNameMultiPartParser
 
 # Reports and histories are large JSON documents that serving never reads.
 HEAVY_MODEL_FIELDS = ("metrics", "val_metrics", "history", "manifest")
@@ -134,7 +135,8 @@ class PredictionViewSet(
     """Classify images (multipart POST), and read or delete your own predictions."""
 
     serializer_class = PredictionSerializer
-    parser_classes = [parsers.MultiPartParser, parsers.FormParser]
+    # Upload names are checked as sent (not silently cleaned), with JSON reasons for limits.
+    parser_classes = [CheckedNameMultiPartParser, parsers.FormParser]
 
     def get_queryset(self):
         if self.action != "list":

@@ -97,6 +97,12 @@ def _manageable_model(request, pk):
     return model
 
 
+def _artifact_missing(model) -> Response:
+    """409 for a model whose stored file (artifact or dataset) is gone from storage."""
+    return Response({"detail": f"a stored file of {model} is missing; it cannot be loaded"},
+                    status=status.HTTP_409_CONFLICT)
+
+
 # --- Views ---------------------------------------------------------------------------------------
 
 
@@ -114,10 +120,10 @@ class ModelCompareView(APIView):
         responses={200: OpenApiTypes.OBJECT, (200, "text/csv"): OpenApiTypes.STR},
     )
     def get(self, request):
-        dataset_id = request.query_params.get("dataset", "")
-        if not dataset_id.isdigit():
+        dataset_id = selectors.parse_id(request.query_params.get("dataset", ""))
+        if dataset_id is None:
             raise ValidationError({"dataset": ["give the id of the dataset the models share"]})
-        dataset = selectors.dataset_get_for_user(user=request.user, pk=int(dataset_id))
+        dataset = selectors.dataset_get_for_user(user=request.user, pk=dataset_id)
         try:
             ids = selectors_registry.parse_model_ids(request.query_params.getlist("models"))
             comparison = selectors_registry.model_comparison(
@@ -203,8 +209,11 @@ class ModelCardView(APIView):
     @extend_schema(responses={(200, "text/markdown"): OpenApiTypes.STR})
     def get(self, request, pk):
         model = _model_for(request, pk)
-        return HttpResponse(selectors_registry.model_card_markdown(model_version=model),
-                            content_type="text/markdown; charset=utf-8")
+        response = HttpResponse(selectors_registry.model_card_markdown(model_version=model),
+                                content_type="text/markdown; charset=utf-8")
+        # The card quotes names and descriptions users typed: a download, never a page.
+        response["Content-Disposition"] = f'attachment; filename="model-{model.pk}-card.md"'
+        return response
 
 
 class ModelExportView(APIView):
@@ -229,6 +238,8 @@ class ModelExportView(APIView):
             return Response({"detail": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
         except services.ArtifactIntegrityError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except FileNotFoundError:
+            return _artifact_missing(model)
         return FileResponse(open(bundle, "rb"), as_attachment=True,  # closed by Django
                             filename=f"{model.name}-v{model.version}.zip",
                             content_type="application/zip")
@@ -244,6 +255,8 @@ class ModelEvaluateView(APIView):
             evaluation = services_registry.model_version_evaluate(model_version=model)
         except services.ArtifactIntegrityError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except FileNotFoundError:
+            return _artifact_missing(model)
         if evaluation is None:
             raise ValidationError({"detail": [f"{model.dataset} has no test images"]})
         return Response(model.metrics)

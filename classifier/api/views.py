@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import html
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db.models.deletion import ProtectedError
 from django.http import HttpResponse
+from django.http.multipartparser import MultiPartParser as DjangoMultiPartParser
+from django.http.multipartparser import MultiPartParserError
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, parsers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, ParseError, PermissionDenied, ValidationError
 from rest_framework.response import Response
 
 from classifier import selectors, services
@@ -15,6 +21,50 @@ from classifier.api.serializers import (
     DatasetSerializer,
     ModelVersionSerializer,
 )
+from medml import dataset_io
+
+# How much of a refused file name is repeated in the error.
+_SHOWN_NAME_LENGTH = 60
+
+
+class _NameCheckingDjangoParser(DjangoMultiPartParser):
+    def sanitize_file_name(self, file_name):
+        for candidate in (file_name, html.unescape(file_name)):
+            problem = dataset_io.upload_name_problem(candidate)
+            if problem:
+                shown = file_name if len(file_name) <= _SHOWN_NAME_LENGTH else (
+                    file_name[:_SHOWN_NAME_LENGTH] + "…")
+                raise MultiPartParserError(f"the uploaded file name {shown!r} is refused: {problem}")
+        return super().sanitize_file_name(file_name)
+
+
+class CheckedNameMultiPartParser(parsers.MultiPartParser):
+    """Multipart parsing that refuses an uploaded file with an unsafe name instead of cleaning it.
+
+    Django keeps only the last path component of a name and drops characters it cannot print,
+    so ``../../x.zip`` or a name with a NUL byte would arrive looking harmless. This parser sees
+    each name as the client sent it and answers 400 with the reason when
+    :func:`medml.dataset_io.upload_name_problem` finds one. Requests past Django's own limits
+    (files, fields, form size) get a JSON reason too, rather than a bare "Bad Request" page.
+    """
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        parser_context = parser_context or {}
+        request = parser_context["request"]
+        meta = request.META.copy()
+        meta["CONTENT_TYPE"] = media_type
+        encoding = parser_context.get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            data, files = _NameCheckingDjangoParser(meta, stream, request.upload_handlers,
+                                                    encoding).parse()
+        except MultiPartParserError as exc:
+            raise ParseError(f"Multipart form parse error - {exc}") from exc
+        except TooManyFilesSent as exc:
+            raise ParseError(f"too many files in one request; the limit is "
+                             f"{settings.DATA_UPLOAD_MAX_NUMBER_FILES}") from exc
+        except (TooManyFieldsSent, RequestDataTooBig) as exc:
+            raise ParseError(f"the form is too large: {exc}") from exc
+        return parsers.DataAndFiles(data, files)
 
 
 class DatasetViewSet(
@@ -24,7 +74,7 @@ class DatasetViewSet(
     """Datasets you own plus the built-in ones (staff see all). Import with a multipart POST."""
 
     serializer_class = DatasetSerializer
-    parser_classes = [parsers.MultiPartParser, parsers.FormParser, parsers.JSONParser]
+    parser_classes = [CheckedNameMultiPartParser, parsers.FormParser, parsers.JSONParser]
 
     def get_queryset(self):
         return selectors.datasets_visible_to(user=self.request.user)
@@ -95,6 +145,8 @@ class DatasetViewSet(
         except (KeyError, IndexError) as exc:
             raise NotFound(f"no image {index} in split '{split}'") from exc
         response = HttpResponse(png, content_type="image/png")
+        # Shown by <img> tags; opened on its own it is a download, never a page of this origin.
+        response["Content-Disposition"] = f'attachment; filename="{dataset.slug}-{split}-{index}.png"'
         response["Cache-Control"] = "private, max-age=3600"
         return response
 
@@ -108,7 +160,8 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         qs = selectors.model_versions_visible_to(user=self.request.user)
         dataset = self.request.query_params.get("dataset")
         if dataset:
-            if not dataset.isdigit():
+            dataset_id = selectors.parse_id(dataset)
+            if dataset_id is None:
                 raise ValidationError({"dataset": ["must be a dataset id"]})
-            qs = qs.filter(dataset_id=int(dataset))
+            qs = qs.filter(dataset_id=dataset_id)
         return qs

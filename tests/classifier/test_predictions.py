@@ -209,7 +209,8 @@ def test_a_large_image_follows_the_datasets_source_crop_and_resize(
     [result] = post(client, [png(source, "microscope.png")], model=model.pk).json()
 
     np.testing.assert_allclose(
-        [result["probabilities"][name] for name in TINY_CLASS_NAMES], expected, atol=infer.ONNX_PARITY_TOLERANCE
+        [result["probabilities"][name] for name in TINY_CLASS_NAMES], expected,
+        atol=infer.ONNX_PARITY_TOLERANCE,
     )
 
 

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, parsers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
 from classifier import selectors as catalog_selectors
+from classifier.api.views import CheckedNameMultiPartParser
 from training import inference
 from training.models import InferenceJob
 
@@ -48,6 +50,18 @@ class InferenceJobCreateSerializer(serializers.Serializer):
     file = serializers.FileField(required=False,
                                  help_text=".npz (images [+ labels]) or .zip of images")
 
+    def validate_file(self, value):
+        """The same type and size rules as a dataset upload, checked before the file is read."""
+        if not value.name.lower().endswith((".npz", ".zip")):
+            raise ValidationError(f"{value.name}: unsupported file type: upload an .npz or a .zip "
+                                  "of images")
+        if value.size == 0:
+            raise ValidationError(f"{value.name}: the uploaded file is empty")
+        limit = settings.DATASET_UPLOAD_MAX_BYTES
+        if value.size > limit:
+            raise ValidationError(f"{value.name}: the file is {value.size} bytes; the limit is {limit}")
+        return value
+
     def validate(self, attrs):
         if bool(attrs.get("split")) == bool(attrs.get("file")):
             raise ValidationError({"non_field_errors": ["give either a split or a file"]})
@@ -56,15 +70,27 @@ class InferenceJobCreateSerializer(serializers.Serializer):
 
 def inference_job_from_request(request, data) -> InferenceJob:
     """Shared by the API and the page: validate, then create (400-style errors as exceptions)."""
+    return inference_job_submit_from_request(request, data)[0]
+
+
+def inference_job_submit_from_request(request, data, *, idempotency_key: str = ""
+                                      ) -> tuple[InferenceJob, bool]:
+    """:func:`inference_job_from_request`, with an idempotency key; returns ``(job, created)``."""
     model = catalog_selectors.model_versions_visible_to(user=request.user).filter(
         pk=data["model"]).first()
     if model is None:
         raise ValidationError({"model": [f"no model {data['model']} that you can use"]})
+    if data.get("split") and not catalog_selectors.datasets_visible_to(user=request.user).filter(
+            pk=model.dataset_id).exists():
+        # A public model may come from a private dataset: its images stay its owner's.
+        raise ValidationError({"split": [f"the images of {model.dataset.name} are not visible to "
+                                         f"you; upload your own images instead"]})
     try:
-        return inference.inference_job_create(
+        return inference.inference_job_submit(
             owner=request.user, model_version=model,
             dataset=model.dataset if data.get("split") else None,
-            split=data.get("split") or "", upload=data.get("file"))
+            split=data.get("split") or "", upload=data.get("file"),
+            idempotency_key=idempotency_key)
     except inference.InferenceInputError as exc:
         raise ValidationError({"file" if data.get("file") else "split": [str(exc)]}) from exc
 
@@ -74,19 +100,29 @@ class InferenceJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     """Batch inference: classify a dataset split or an uploaded .npz/.zip in a worker."""
 
     serializer_class = InferenceJobSerializer
-    parser_classes = [parsers.MultiPartParser, parsers.FormParser, parsers.JSONParser]
+    parser_classes = [CheckedNameMultiPartParser, parsers.FormParser, parsers.JSONParser]
 
     def get_queryset(self):
         return InferenceJob.objects.visible_to(self.request.user).select_related(
             "owner", "model_version", "dataset")
 
-    @extend_schema(request={"multipart/form-data": InferenceJobCreateSerializer},
-                   responses={201: InferenceJobSerializer})
+    @extend_schema(
+        request={"multipart/form-data": InferenceJobCreateSerializer},
+        responses={201: InferenceJobSerializer, 200: InferenceJobSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
+                                     description="Repeat-safe creation: the same key returns "
+                                                 "the job the first request created.")],
+    )
     def create(self, request, *args, **kwargs):
         form = InferenceJobCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        job = inference_job_from_request(request, form.validated_data)
-        return Response(InferenceJobSerializer(job).data, status=status.HTTP_201_CREATED)
+        key = request.headers.get("Idempotency-Key", "").strip()
+        if len(key) > 100:
+            raise ValidationError({"Idempotency-Key": ["at most 100 characters"]})
+        job, created = inference_job_submit_from_request(request, form.validated_data,
+                                                         idempotency_key=key)
+        return Response(InferenceJobSerializer(job).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.BINARY})
     @action(detail=True, methods=["get"], url_path=r"results/(?P<kind>csv|json)")

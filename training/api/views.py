@@ -10,6 +10,9 @@ from rest_framework.response import Response
 from training import selectors, services
 from training.api.serializers import TrainingJobCreateSerializer, TrainingJobSerializer
 
+# architectures/ and presets/ answer with a JSON array of objects.
+LIST_OF_OBJECTS = {"type": "array", "items": {"type": "object", "additionalProperties": True}}
+
 
 def config_errors_response(exc) -> ValidationError:
     return ValidationError({"config": exc.errors})
@@ -71,7 +74,7 @@ class TrainingJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         return Response(TrainingJobSerializer(new).data, status=status.HTTP_201_CREATED)
 
 
-@extend_schema(responses={200: OpenApiTypes.OBJECT})
+@extend_schema(responses={200: LIST_OF_OBJECTS})
 @api_view(["GET"])
 def architectures(request):
     """The model architectures that training jobs can use."""
@@ -84,7 +87,7 @@ def architectures(request):
     ])
 
 
-@extend_schema(responses={200: OpenApiTypes.OBJECT})
+@extend_schema(responses={200: LIST_OF_OBJECTS})
 @api_view(["GET"])
 def presets(request):
     """Named training recipes: the report's six models and the recommended ones."""

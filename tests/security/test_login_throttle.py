@@ -1,0 +1,266 @@
+"""Password guessing is locked out, and the API's rate limits answer 429.
+
+Each test uses a username and a client address of its own, so that counts kept in a shared
+cache (Redis in CI) never leak into another test or another run; nothing here clears the cache.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.core.cache import cache
+from django.test import Client
+from rest_framework.test import APIClient
+
+from medplatform import auth
+from tests.factories import PASSWORD, UserFactory
+
+LIMIT = 5
+
+
+@pytest.fixture(autouse=True)
+def lockout_policy(settings):
+    settings.LOGIN_LOCKOUT_FAILURES = LIMIT
+    settings.LOGIN_LOCKOUT_ADDRESS_FAILURES = 4 * LIMIT
+    settings.LOGIN_LOCKOUT_WINDOW = 900
+    settings.LOGIN_LOCKOUT_DURATION = 900
+
+
+def fresh_address() -> str:
+    """A client address no other test uses (documentation range 198.18.0.0/15)."""
+    n = uuid.uuid4().int
+    return f"198.{18 + n % 2}.{(n >> 8) % 256}.{(n >> 16) % 254 + 1}"
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory(username=f"guess-{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def staff(db):
+    return UserFactory(username=f"staff-{uuid.uuid4().hex[:10]}", superuser=True)
+
+
+# --- the site's log-in page ---------------------------------------------------------------------
+
+
+def site_login(client, username, password):
+    return client.post("/login/", {"username": username, "password": password})
+
+
+def test_site_login_locks_after_n_failures_and_refuses_the_right_password(user):
+    client = Client(REMOTE_ADDR=fresh_address())
+    for _ in range(LIMIT - 1):
+        response = site_login(client, user.username, "wrong")
+        assert response.status_code == 200
+        assert b"didn&#x27;t match" in response.content or b"didn't match" in response.content
+    response = site_login(client, user.username, "wrong")
+    assert response.status_code == 429
+    assert b"Too many failed log-in attempts" in response.content
+
+    response = site_login(client, user.username, PASSWORD)
+    assert response.status_code == 429
+    assert "_auth_user_id" not in client.session
+    # From another address too: the username itself is locked.
+    other = Client(REMOTE_ADDR=fresh_address())
+    assert site_login(other, user.username, PASSWORD).status_code == 429
+    assert auth.locked_for(None, user.username) > 800
+
+
+def test_lock_ends_after_its_duration(user, settings):
+    client = Client(REMOTE_ADDR=fresh_address())
+    for _ in range(LIMIT):
+        site_login(client, user.username, "wrong")
+    assert site_login(client, user.username, PASSWORD).status_code == 429
+    cache.delete(auth._key("user", user.username.casefold(), "until"))  # as if 15 minutes passed
+    response = site_login(client, user.username, PASSWORD)
+    assert response.status_code == 302
+    assert client.session["_auth_user_id"] == str(user.pk)
+
+
+def test_success_resets_the_username_counter(user):
+    client = Client(REMOTE_ADDR=fresh_address())
+    for _ in range(LIMIT - 1):
+        site_login(client, user.username, "wrong")
+    assert site_login(client, user.username, PASSWORD).status_code == 302
+    client.logout()
+    for _ in range(LIMIT - 1):
+        assert site_login(client, user.username, "wrong").status_code == 200
+    assert site_login(client, user.username, PASSWORD).status_code == 302
+
+
+def test_usernames_are_counted_case_insensitively(user):
+    client = Client(REMOTE_ADDR=fresh_address())
+    for i in range(LIMIT):
+        name = user.username.upper() if i % 2 else user.username
+        site_login(client, name, "wrong")
+    assert site_login(client, user.username, PASSWORD).status_code == 429
+
+
+def test_one_address_guessing_many_usernames_is_locked(db):
+    address = fresh_address()
+    client = Client(REMOTE_ADDR=address)
+    victims = [f"nobody-{uuid.uuid4().hex[:8]}" for _ in range(4 * LIMIT)]
+    for name in victims:  # each username stays under its own limit
+        site_login(client, name, "wrong")
+    real = UserFactory(username=f"real-{uuid.uuid4().hex[:8]}")
+    assert site_login(client, real.username, PASSWORD).status_code == 429
+    # The same user from another address is not locked.
+    assert site_login(Client(REMOTE_ADDR=fresh_address()), real.username, PASSWORD).status_code == 302
+
+
+def test_unknown_usernames_count_too(db):
+    client = Client(REMOTE_ADDR=fresh_address())
+    name = f"ghost-{uuid.uuid4().hex[:8]}"
+    for _ in range(LIMIT):
+        site_login(client, name, "wrong")
+    assert auth.locked_for(None, name) > 0
+
+
+# --- the admin's log-in page --------------------------------------------------------------------
+
+
+def test_admin_login_is_locked_too(staff):
+    client = Client(REMOTE_ADDR=fresh_address())
+    for _ in range(LIMIT):
+        response = client.post("/admin/login/", {"username": staff.username, "password": "wrong"})
+    assert b"Too many failed log-in attempts" in response.content
+    response = client.post("/admin/login/?next=/admin/",
+                           {"username": staff.username, "password": PASSWORD})
+    assert response.status_code == 200
+    assert b"Too many failed log-in attempts" in response.content
+    assert "_auth_user_id" not in client.session
+    assert client.get("/admin/").status_code == 302
+
+
+def test_admin_login_works_when_not_locked(staff):
+    client = Client(REMOTE_ADDR=fresh_address())
+    response = client.post("/admin/login/?next=/admin/",
+                           {"username": staff.username, "password": PASSWORD})
+    assert response.status_code == 302
+    assert client.get("/admin/").status_code == 200
+
+
+# --- the API's token endpoint -------------------------------------------------------------------
+
+
+def token(client, username, password):
+    return client.post("/api/v1/auth/token/", {"username": username, "password": password},
+                       format="json")
+
+
+def test_token_endpoint_answers_429_when_locked(user):
+    client = APIClient(REMOTE_ADDR=fresh_address())
+    for _ in range(LIMIT - 1):
+        assert token(client, user.username, "wrong").status_code == 400
+    response = token(client, user.username, "wrong")
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) > 800
+    response = token(client, user.username, PASSWORD)
+    assert response.status_code == 429
+    assert "token" not in response.json()
+
+
+def test_token_success_resets_the_counter(user):
+    client = APIClient(REMOTE_ADDR=fresh_address())
+    for _ in range(LIMIT - 1):
+        token(client, user.username, "wrong")
+    response = token(client, user.username, PASSWORD)
+    assert response.status_code == 200 and response.json()["token"]
+    for _ in range(LIMIT - 1):
+        assert token(client, user.username, "wrong").status_code == 400
+    assert token(client, user.username, PASSWORD).status_code == 200
+
+
+def test_failures_on_one_entry_point_lock_the_others(user):
+    address = fresh_address()
+    api = APIClient(REMOTE_ADDR=address)
+    for _ in range(LIMIT):
+        token(api, user.username, "wrong")
+    assert site_login(Client(REMOTE_ADDR=address), user.username, PASSWORD).status_code == 429
+    assert not Client().login(username=user.username, password=PASSWORD)
+
+
+def test_token_endpoint_rejects_odd_bodies_without_error(db):
+    client = APIClient(REMOTE_ADDR=fresh_address())
+    assert client.post("/api/v1/auth/token/", [1, 2], format="json").status_code == 400
+    assert client.post("/api/v1/auth/token/", {}, format="json").status_code == 400
+
+
+# --- API rate limits ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def low_rates(settings):
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"anon": "3/min", "user": "4/min"},
+    }
+
+
+def test_anonymous_api_requests_beyond_the_rate_get_429(db, low_rates):
+    """Anonymous requests are counted per address where they are allowed (the token endpoint);
+    elsewhere they are refused with 401 before any work is done."""
+    address = fresh_address()
+    client = APIClient(REMOTE_ADDR=address)
+    codes = [token(client, f"n-{uuid.uuid4().hex[:6]}", "x").status_code for _ in range(4)]
+    assert codes == [400, 400, 400, 429]
+    assert int(token(client, "n", "x")["Retry-After"]) > 0
+    assert client.get("/api/v1/presets/").status_code == 401
+
+
+def test_authenticated_api_requests_beyond_the_rate_get_429(user, low_rates):
+    cache.delete(f"throttle_user_{user.pk}")
+    client = APIClient(REMOTE_ADDR=fresh_address())
+    client.force_authenticate(user)
+    codes = [client.get("/api/v1/presets/").status_code for _ in range(5)]
+    assert codes == [200, 200, 200, 200, 429]
+    # Another user has a budget of their own.
+    other = UserFactory(username=f"other-{uuid.uuid4().hex[:8]}")
+    cache.delete(f"throttle_user_{other.pk}")
+    client.force_authenticate(other)
+    assert client.get("/api/v1/presets/").status_code == 200
+
+
+def test_default_rates_are_configured():
+    from medplatform import settings as production
+
+    rates = production.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
+    assert rates["anon"] and rates["user"]
+    assert production.REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] == [
+        "medplatform.throttling.AnonRateThrottle", "medplatform.throttling.UserRateThrottle",
+    ]
+
+
+# --- where the counts live -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("configured, location", [
+    ("redis://cache.internal:6379/1", "redis://cache.internal:6379/1"),
+    ("rediss://:secret@cache.internal:6380/0", "rediss://:secret@cache.internal:6380/0"),
+    ("redis+socket:///srv/redis/redis.sock", "unix:///srv/redis/redis.sock?db=0"),
+    ("redis+socket:///srv/redis/redis.sock?virtual_host=3", "unix:///srv/redis/redis.sock?db=3"),
+])
+def test_cache_follows_the_redis_url(monkeypatch, configured, location):
+    from medplatform import settings as production
+
+    monkeypatch.setenv("REDIS_URL", configured)
+    assert production._redis_cache_location() == location
+
+
+def test_cache_works_through_the_brokers_socket_or_url(redis_broker):
+    """The broker the suite runs on (the embedded server's socket, or REDIS_URL) serves the cache."""
+    from django.core.cache.backends.redis import RedisCache
+
+    from medplatform import settings as production
+
+    location = production._redis_cache_location()
+    assert location, "a running Redis server must be used for the cache"
+    if redis_broker.startswith("redis+socket://"):
+        assert location.startswith("unix://")
+    shared = RedisCache(location, {"KEY_PREFIX": f"probe-{uuid.uuid4().hex[:8]}"})
+    shared.set("failures", 1, timeout=30)
+    assert shared.incr("failures") == 2
+    shared.delete("failures")
