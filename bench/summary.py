@@ -119,7 +119,6 @@ def _serving(r: dict) -> list[str]:
                        ("platform_job_with_create", "… including job creation (upload check)"),
                        ("platform_job_split", "platform job on the test split"),
                        ("platform_job_unlabelled", "platform job, .npz without labels (no report)"),
-                       ("onnx", f"ONNX Runtime ({batch['onnx']['intra_op_threads']} threads)"),
                        ("onnx_1_thread", "ONNX Runtime (1 thread)")):
         if key not in batch:
             continue

@@ -12,7 +12,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.shortcuts import get_object_or_404
 
-from classifier.models import Dataset, ModelVersion, Prediction
+from classifier.models import Dataset, ModelVersion, Prediction, visible_to
 from medml import dataset_io
 from medml.data import DatasetArrays
 
@@ -52,6 +52,24 @@ def model_versions_visible_to(*, user):
     their own images, the dataset's images stay private (see ``training.views.inference_list``).
     """
     return ModelVersion.objects.visible_to(user).select_related("dataset", "owner")
+
+
+# Reports and histories are large JSON documents that serving never reads.
+HEAVY_MODEL_FIELDS = ("metrics", "val_metrics", "history", "manifest")
+
+
+def model_version_for_serving(*, pk: int, user) -> ModelVersion | None:
+    """The model ``pk`` with its dataset, if ``user`` may use it; ``None`` otherwise.
+
+    The same rule as :func:`model_versions_visible_to`, checked on the fetched row: a lookup
+    by primary key is the cheapest query to build, and this one runs on every classification.
+    """
+    try:
+        model_version = (ModelVersion.objects.select_related("dataset")
+                         .defer(*HEAVY_MODEL_FIELDS).get(pk=pk))
+    except ModelVersion.DoesNotExist:
+        return None
+    return model_version if visible_to(model_version, user) else None
 
 
 def predictions_visible_to(*, user):

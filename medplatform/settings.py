@@ -80,8 +80,10 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'd
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web server, worker and launcher share one SQLite file: wait for locks instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        # synchronous=NORMAL is safe with the WAL journal the launcher switches on at start.
-        {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA synchronous=NORMAL;"}
+        # The WAL journal lets readers and the one writer proceed together (the journal mode is
+        # stored in the file; asking again is a no-op), and with it synchronous=NORMAL is safe.
+        {"timeout": 30, "transaction_mode": "IMMEDIATE",
+         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
     )
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))

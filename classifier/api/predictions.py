@@ -16,10 +16,6 @@ from rest_framework.response import Response
 from classifier import selectors, services, services_predict
 from classifier.api.views import CheckedNameMultiPartParser
 
-# Reports and histories are large JSON documents that serving never reads.
-HEAVY_MODEL_FIELDS = ("metrics", "val_metrics", "history", "manifest")
-
-
 # Plain serializers with declared fields, not ModelSerializers: these are built for every
 # prediction answered, and deriving fields from the models each time costs more than predicting.
 
@@ -87,8 +83,7 @@ class PredictionCreateSerializer(serializers.Serializer):
         if model_id is None and dataset_id is None:
             raise ValidationError({"model": ["choose a model, or a dataset to use its default model"]})
         if model_id is not None:
-            model_version = (selectors.model_versions_visible_to(user=user).filter(pk=model_id)
-                             .defer(*HEAVY_MODEL_FIELDS).first())
+            model_version = selectors.model_version_for_serving(pk=model_id, user=user)
             if model_version is None:
                 raise ValidationError(
                     {"model": [f"model {model_id} does not exist or is not visible to you"]}

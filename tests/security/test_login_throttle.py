@@ -264,3 +264,21 @@ def test_cache_works_through_the_brokers_socket_or_url(redis_broker):
     shared.set("failures", 1, timeout=30)
     assert shared.incr("failures") == 2
     shared.delete("failures")
+
+
+def test_a_rate_limit_counts_in_windows_and_says_when_the_next_one_starts(user, low_rates, monkeypatch):
+    from medplatform import throttling
+
+    cache.delete(f"throttle_user_{user.pk}")
+    client = APIClient(REMOTE_ADDR=fresh_address())
+    client.force_authenticate(user)
+    assert [client.get("/api/v1/presets/").status_code for _ in range(4)] == [200] * 4
+    refused = client.get("/api/v1/presets/")
+    assert refused.status_code == 429
+    assert 0 < int(refused["Retry-After"]) <= 60
+    # The count is one integer per client: forgetting it (as its expiry does when the window
+    # ends) starts a new window with the full budget.
+    assert cache.get(f"throttle_user_{user.pk}") == 5
+    cache.delete(f"throttle_user_{user.pk}")
+    assert client.get("/api/v1/presets/").status_code == 200
+    assert issubclass(throttling.UserRateThrottle, throttling._FixedWindowThrottle)
