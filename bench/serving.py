@@ -301,8 +301,9 @@ def _measure(quick: bool) -> dict:
             "api": api, "batch": batch, "gradcam": gradcam,
             "ratios": {"api_throughput": api_ratio, "batch_throughput": batch_ratio,
                        "batch_throughput_with_report": batch_ratio_with_report,
-                       "batch_platform_vs_onnx_reference": batch["platform_job"]["images_per_s"]
-                       / ONNX_REFERENCE_IMAGES_PER_S},
+                       "batch_platform_vs_onnx_reference":
+                           batch["platform_job_unlabelled"]["images_per_s"]
+                           / ONNX_REFERENCE_IMAGES_PER_S},
             "values": {"api_ratio": api_ratio, "api_server_median_ms": server_median,
                        "batch_ratio": batch_ratio, "gradcam_median_ms": gradcam_median},
             "targets": TARGETS, "met": met, "all_met": all(met.values())}
