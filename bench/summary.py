@@ -72,12 +72,18 @@ def _report_models(r: dict) -> list[str]:
 
 
 def _overhead(r: dict) -> list[str]:
-    return _header(r) + [
-        f"Config: {r['config']} on {r['dataset']}.", "",
+    runs = r.get("repeats", 1)
+    lines = _header(r) + [
+        f"Config: {r['config']} on {r['dataset']}; median of {runs} alternating runs per side.", "",
         "| bare `model.fit` (s) | platform job, enqueue → succeeded (s) | ratio | target |",
         "|---|---|---|---|",
         f"| {r['bare_fit_seconds']:.1f} | {r['platform']['seconds']:.1f} | {r['ratio']:.3f} | "
         f"≤ {r['target_ratio']} ({'met' if r['met'] else 'not met'}) |"]
+    if r.get("pair_ratios"):
+        lines += ["", "Runs, bare / platform (s): " + ", ".join(
+            f"{b:.1f} / {p['seconds']:.1f}" for b, p in zip(r["bare_fit_runs"], r["platform"]["runs"],
+                                                          strict=True)) + "."]
+    return lines
 
 
 def _serving(r: dict) -> list[str]:
