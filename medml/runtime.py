@@ -133,9 +133,10 @@ def _configure_cpu_threads(cpu_threads: int, notes: list[str]) -> None:
     # Values already set (by TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS or an earlier call)
     # are respected.
     threading = tf.config.threading
-    # One inter-op thread per two cores: independent ops rarely help more than that on small
-    # models, and every extra pool thread competes with the intra-op pool for the same cores.
-    wanted = {"intra": cpu_threads, "inter": max(1, cpu_threads // 2)}
+    # One thread per core in both pools, as TensorFlow would choose if it counted the cores this
+    # process may use (it counts the machine's, too many in a container). With a single
+    # inter-op thread, the independent small ops of a training step run one after another.
+    wanted = {"intra": cpu_threads, "inter": cpu_threads}
     try:
         if threading.get_intra_op_parallelism_threads() == 0:
             threading.set_intra_op_parallelism_threads(wanted["intra"])
