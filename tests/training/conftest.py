@@ -7,9 +7,7 @@ the same path it takes in production: broker message, claim, heartbeats, checkpo
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from reliability._procs import PlatformProcess
 from tests.factories import DatasetFactory, UserFactory
 
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -66,32 +65,9 @@ def database_url() -> str:
     raise NotImplementedError(f"no worker support for {db['ENGINE']}")
 
 
-class Worker:
-    """A ``celery worker --beat`` process in a session of its own; ``kill()`` ends all of it."""
-
-    def __init__(self, process: subprocess.Popen, log_path: Path):
-        self.process = process
-        self.log_path = log_path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def is_alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the worker and every process it forked (pool child, beat)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # pool children that outlived the parent
-        self.process.wait()
+class Worker(PlatformProcess):
+    """A ``celery worker --beat`` process in a session of its own; ``kill()`` ends all of it
+    (the worker, its pool child and beat)."""
 
 
 def start_worker(folder: Path, *, name: str = "worker", heartbeat_timeout: int = 4,
@@ -126,7 +102,7 @@ def start_worker(folder: Path, *, name: str = "worker", heartbeat_timeout: int =
              "--schedule", str(folder / f"{name}-beat"), "--hostname", f"{name}@%h"],
             cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    return Worker(process, log_path)
+    return Worker(process, log_path, name)
 
 
 def send_tasks_to_the_broker(monkeypatch: pytest.MonkeyPatch) -> None:
