@@ -1,6 +1,31 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_delete, post_save
+
+
+def _forget_model_version(sender, instance, **kwargs):
+    from classifier import selectors
+
+    selectors.forget_serving_models(pks=[instance.pk])
+
+
+def _forget_dataset_models(sender, instance, **kwargs):
+    from classifier import selectors
+    from classifier.models import ModelVersion
+
+    pks = ModelVersion.objects.filter(dataset_id=instance.pk).values_list("pk", flat=True)
+    selectors.forget_serving_models(pks=list(pks))
 
 
 class ClassifierConfig(AppConfig):
     name = "classifier"
     verbose_name = "Catalog: datasets, models and predictions"
+
+    def ready(self):
+        from classifier.models import Dataset, ModelVersion
+
+        # The cached rows of classification requests (``selectors.serving_models``).
+        for name, signal in (("save", post_save), ("delete", post_delete)):
+            signal.connect(_forget_model_version, sender=ModelVersion,
+                           dispatch_uid=f"serving-model-{name}")
+            signal.connect(_forget_dataset_models, sender=Dataset,
+                           dispatch_uid=f"serving-model-dataset-{name}")

@@ -15,6 +15,7 @@ from django.shortcuts import get_object_or_404
 from classifier.models import Dataset, ModelVersion, Prediction, visible_to
 from medml import dataset_io
 from medml.data import DatasetArrays
+from medplatform.rowcache import RowCache
 
 if TYPE_CHECKING:
     from medml.infer import InputStats
@@ -58,18 +59,30 @@ def model_versions_visible_to(*, user):
 HEAVY_MODEL_FIELDS = ("metrics", "val_metrics", "history", "manifest")
 
 
+def _load_serving_model(pk: int) -> ModelVersion | None:
+    return (ModelVersion.objects.select_related("dataset").defer(*HEAVY_MODEL_FIELDS)
+            .filter(pk=pk).first())
+
+
+# Every classification reads its model and dataset: they are kept in the shared cache, and
+# dropped from it whenever either row is saved or deleted (``classifier.apps``).
+serving_models = RowCache("serving-model", [ModelVersion, Dataset], _load_serving_model)
+
+
 def model_version_for_serving(*, pk: int, user) -> ModelVersion | None:
     """The model ``pk`` with its dataset, if ``user`` may use it; ``None`` otherwise.
 
-    The same rule as :func:`model_versions_visible_to`, checked on the fetched row: a lookup
-    by primary key is the cheapest query to build, and this one runs on every classification.
+    The same rule as :func:`model_versions_visible_to`, checked on the row, which comes from
+    :data:`serving_models` (the heavy report fields are not loaded).
     """
-    try:
-        model_version = (ModelVersion.objects.select_related("dataset")
-                         .defer(*HEAVY_MODEL_FIELDS).get(pk=pk))
-    except ModelVersion.DoesNotExist:
+    if not _in_range(pk):
         return None
-    return model_version if visible_to(model_version, user) else None
+    model_version = serving_models.get(pk)
+    return model_version if model_version is not None and visible_to(model_version, user) else None
+
+
+def forget_serving_models(*, pks) -> None:
+    serving_models.forget(*pks)
 
 
 def predictions_visible_to(*, user):

@@ -201,7 +201,7 @@ CELERY_BEAT_SCHEDULE = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first, so an anonymous API request gets 401 with a WWW-Authenticate header.
-        "rest_framework.authentication.TokenAuthentication",
+        "medplatform.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -262,7 +262,7 @@ def _redis_cache_location() -> str | None:
 _CACHE_LOCATION = _redis_cache_location()
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "medplatform.cache.RedisCache",
         "LOCATION": _CACHE_LOCATION,
         "KEY_PREFIX": "medplatform-cache",
     } if _CACHE_LOCATION else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}

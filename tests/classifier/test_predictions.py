@@ -248,9 +248,11 @@ def test_a_two_class_model_applies_its_decision_threshold(owner, client, tmp_pat
     [free] = post(client, [png(image)], model=model.pk).json()
     benign = free["probabilities"]["benign"]
     # A threshold just above / below the probability of class 1 decides the label.
-    ModelVersion.objects.filter(pk=model.pk).update(decision_threshold=benign + 1e-4)
+    model.decision_threshold = benign + 1e-4
+    model.save(update_fields=["decision_threshold"])
     assert post(client, [png(image)], model=model.pk).json()[0]["predicted_label"] == "malignant"
-    ModelVersion.objects.filter(pk=model.pk).update(decision_threshold=benign - 1e-4)
+    model.decision_threshold = benign - 1e-4
+    model.save(update_fields=["decision_threshold"])
     assert post(client, [png(image)], model=model.pk).json()[0]["predicted_label"] == "benign"
 
 
@@ -429,7 +431,8 @@ def history(client, model, owner, dataset_arrays):
     images = dataset_arrays["test_images"]
     results = post(client, [png(images[i], f"h{i}.png") for i in range(3)], model=model.pk).json()
     stranger = UserFactory(username="stan")
-    ModelVersion.objects.filter(pk=model.pk).update(visibility=Visibility.PUBLIC)
+    model.visibility = Visibility.PUBLIC
+    model.save(update_fields=["visibility"])
     theirs = APIClient()
     theirs.force_authenticate(stranger)
     [their_result] = post(theirs, [png(images[5], "theirs.png")], model=model.pk).json()

@@ -1,0 +1,65 @@
+"""API token authentication that reads each token's user from the shared cache.
+
+The same rule as Django REST framework's ``TokenAuthentication`` (``Authorization: Token <key>``;
+an unknown key or an inactive user gets 401), with the token and its user kept in a
+:class:`~medplatform.rowcache.RowCache` keyed by a hash of the token, never the token itself.
+Deleting a token (logging out, rotating it) or saving or deleting its user (deactivating them,
+changing staff status) drops the entry at once, in every web process that shares the cache.
+Unknown keys are not cached: every guess reaches the database, behind the rate limits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.contrib.auth import get_user_model
+from django.db.models.signals import post_delete, post_save
+from rest_framework import authentication, exceptions
+from rest_framework.authtoken.models import Token
+
+from medplatform.rowcache import RowCache
+
+
+def _token_digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _load_token(digest_and_key: tuple[str, str]) -> Token | None:
+    return Token.objects.select_related("user").filter(key=digest_and_key[1]).first()
+
+
+class _TokenCache(RowCache):
+    def key(self, key) -> str:  # looked up by (digest, key); stored by digest alone
+        return super().key(key[0] if isinstance(key, tuple) else key)
+
+
+tokens = _TokenCache("api-token", [Token, get_user_model()], _load_token)
+
+
+class CachedTokenAuthentication(authentication.TokenAuthentication):
+    """``TokenAuthentication`` with the token's row and user read through :data:`tokens`."""
+
+    def authenticate_credentials(self, key):
+        token = tokens.get((_token_digest(key), key))
+        if token is None:
+            raise exceptions.AuthenticationFailed("Invalid token.")
+        if not token.user.is_active:
+            raise exceptions.AuthenticationFailed("User inactive or deleted.")
+        return token.user, token
+
+
+def _forget_token(sender, instance, **kwargs):
+    tokens.forget(_token_digest(instance.key))
+
+
+def _forget_user_tokens(sender, instance, **kwargs):
+    keys = Token.objects.filter(user_id=instance.pk).values_list("key", flat=True)
+    tokens.forget(*(_token_digest(key) for key in keys))
+
+
+def connect_signals() -> None:
+    """Called once the apps are ready (``medplatform.apps``)."""
+    user_model = get_user_model()
+    for name, signal in (("save", post_save), ("delete", post_delete)):
+        signal.connect(_forget_token, sender=Token, dispatch_uid=f"api-token-{name}")
+        signal.connect(_forget_user_tokens, sender=user_model, dispatch_uid=f"api-token-user-{name}")
