@@ -28,6 +28,7 @@ MONITORS: tuple[str, ...] = ("val_accuracy", "val_auc", "val_loss")
 
 MAX_EPOCHS = 1000
 MAX_BATCH_SIZE = 4096
+MAX_ENSEMBLE_SIZE = 10
 MAX_SEED = 2**31 - 1
 
 
@@ -130,6 +131,9 @@ class TrainConfig:
         mixed_precision: Compute in float16 on a GPU; ignored (with a log line) on a CPU.
         tta: Test-time augmentation at evaluation: average the predictions on the image and
             its horizontal and vertical flips.
+        ensemble_size: Train this many models (1-10), member ``i`` with seed ``seed + i`` and
+            otherwise the same recipe, and keep their average as one model
+            (:mod:`medml.ensemble`); 1 trains a single model.
     """
 
     architecture: str = "compact_cnn"
@@ -154,6 +158,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: bool = False
     tta: bool = False
+    ensemble_size: int = 1
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -273,6 +278,7 @@ _TRAIN_FIELDS: dict[str, _Field] = {
     "seed": _Field("int", 0, MAX_SEED),
     "mixed_precision": _Field("bool"),
     "tta": _Field("bool"),
+    "ensemble_size": _Field("int", 1, MAX_ENSEMBLE_SIZE),
 }
 
 _AUGMENTATION_FIELDS: dict[str, _Field] = {

@@ -136,6 +136,9 @@ class TrainResult:
         device: Where training ran, e.g. ``"CPU (2 threads)"``.
         class_weight: The class weights used (``imbalance="class_weight"``), else ``None``.
         resumed_from_epoch: Epochs already completed when this call started.
+        members: For an ensemble (``ensemble_size`` > 1), one dict per member: ``seed``,
+            ``best_epoch``, ``best_metric``, ``epochs_completed``, ``stopped_early`` and
+            ``val_accuracy``; empty for a single model.
     """
 
     model_path: Path | None
@@ -153,6 +156,7 @@ class TrainResult:
     device: str
     class_weight: dict[int, float] | None
     resumed_from_epoch: int = 0
+    members: list[dict] = field(default_factory=list)
 
 
 def train(
@@ -189,6 +193,9 @@ def train(
     hooks = hooks or TrainingHooks()
     config.validate()
     _check_data(data, config)
+    if config.ensemble_size > 1:
+        return _train_ensemble(config=config, data=data, workdir=Path(workdir), hooks=hooks,
+                               weights_dir=weights_dir, evaluate_test=evaluate_test)
     pretrained_weights = (
         resolve_pretrained_weights(config.architecture, weights_dir) if config.pretrained else None
     )
@@ -355,6 +362,121 @@ def train(
         else:
             hooks.log("No test images: test metrics skipped.")
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Ensembles
+
+
+class _MemberHooks(TrainingHooks):
+    """One member's progress, reported to the job as part of the whole ensemble's epochs.
+
+    Member ``i`` (0-based) owns the epochs ``i * epochs + 1`` to ``(i + 1) * epochs``; its
+    history entries carry ``member`` (1-based), and its log lines say which member speaks.
+    """
+
+    def __init__(self, outer: TrainingHooks, *, member: int, size: int, epochs: int, begun: list):
+        self.outer, self.member, self.size = outer, member, size
+        self.offset, self.total = member * epochs, size * epochs
+        self._begun = begun  # shared by the members: the job hears one start
+
+    def on_train_begin(self, *, total_epochs: int, resumed_from_epoch: int) -> None:
+        if not self._begun:
+            self._begun.append(True)
+            self.outer.on_train_begin(total_epochs=self.total,
+                                      resumed_from_epoch=self.offset + resumed_from_epoch)
+
+    def on_epoch_end(self, *, epoch: int, total_epochs: int, metrics: dict) -> None:
+        self.outer.on_epoch_end(epoch=self.offset + epoch, total_epochs=self.total,
+                                metrics={**metrics, "epoch": self.offset + epoch,
+                                         "member": self.member + 1})
+
+    def on_batch_end(self, *, epoch: int, batch: int, total_batches: int) -> None:
+        self.outer.on_batch_end(epoch=self.offset + epoch, batch=batch, total_batches=total_batches)
+
+    def should_stop(self) -> bool:
+        return self.outer.should_stop()
+
+    def log(self, message: str) -> None:
+        self.outer.log(f"Member {self.member + 1}/{self.size}: {message}")
+
+
+def _train_ensemble(*, config: TrainConfig, data: DatasetArrays, workdir: Path,
+                    hooks: TrainingHooks, weights_dir: Path | None,
+                    evaluate_test: bool) -> TrainResult:
+    """``ensemble_size`` members trained one after the other, each in ``workdir/member-<i>``
+    with its own checkpoints (a resumed job skips finished members and resumes the current one
+    at its last epoch), then averaged into ``workdir/ensemble.keras`` and evaluated as one."""
+    from medml.ensemble import build_ensemble
+
+    size, epochs = config.ensemble_size, config.epochs
+    hooks.log(f"Ensemble of {size} {config.architecture} models, seeds {config.seed} to "
+              f"{config.seed + size - 1}; each keeps its best epoch by {config.monitor}.")
+    begun: list = []
+    results: list[TrainResult] = []
+    for member in range(size):
+        member_config = TrainConfig.from_dict(
+            {**config.to_dict(), "ensemble_size": 1, "seed": config.seed + member, "tta": False}
+        )
+        result = train(
+            config=member_config, data=data, workdir=workdir / f"member-{member}",
+            hooks=_MemberHooks(hooks, member=member, size=size, epochs=epochs, begun=begun),
+            weights_dir=weights_dir, evaluate_test=False,
+        )
+        results.append(result)
+        if result.cancelled:
+            break
+
+    offset_history = [
+        {**entry, "epoch": i * epochs + entry["epoch"], "member": i + 1}
+        for i, result in enumerate(results) for entry in result.history
+    ]
+    last = results[-1]
+    members = [
+        {"seed": config.seed + i, "best_epoch": r.best_epoch, "best_metric": r.best_metric,
+         "epochs_completed": r.epochs_completed, "stopped_early": r.stopped_early,
+         "val_accuracy": r.val_metrics.get("accuracy")}
+        for i, r in enumerate(results)
+    ]
+    result = TrainResult(
+        model_path=None, history=offset_history, best_epoch=0, best_metric=None,
+        monitor=config.monitor, epochs_completed=(len(results) - 1) * epochs + last.epochs_completed,
+        cancelled=last.cancelled, stopped_early=any(r.stopped_early for r in results),
+        val_metrics={}, test_metrics=None, num_params=0,
+        train_seconds=round(sum(r.train_seconds for r in results), 3), device=last.device,
+        class_weight=last.class_weight, members=members,
+        resumed_from_epoch=results[0].resumed_from_epoch,
+    )
+    if result.cancelled:
+        hooks.log(f"Ensemble cancelled during member {len(results)} of {size}.")
+        return result
+
+    ensemble = build_ensemble(
+        [keras.models.load_model(r.model_path, compile=False) for r in results],
+        name=f"{config.architecture}_ensemble_of_{size}",
+    )
+    path = workdir / "ensemble.keras"
+    partial = workdir / "ensemble.partial.keras"
+    ensemble.save(partial)
+    _fsync_file(partial)
+    os.replace(partial, path)
+    hooks.log(f"Evaluating the ensemble of {size} members.")
+    result.model_path = path
+    result.num_params = count_parameters(ensemble)
+    result.val_metrics = _evaluate(ensemble, data, "val", config)
+    result.best_metric = _ensemble_monitor_value(result.val_metrics, config.monitor)
+    if evaluate_test:
+        if "test" in data.splits and len(data.labels("test")):
+            result.test_metrics = _evaluate(ensemble, data, "test", config)
+        else:
+            hooks.log("No test images: test metrics skipped.")
+    return result
+
+
+def _ensemble_monitor_value(val_metrics: dict, monitor: str) -> float | None:
+    key = {"val_accuracy": "accuracy", "val_auc": "roc_auc", "val_loss": "log_loss"}[monitor]
+    value = val_metrics.get(key)
+    return None if value is None else _finite_or_none(value)
 
 
 def learning_rate_for_epoch(config: TrainConfig, epoch: int) -> float:

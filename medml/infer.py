@@ -271,9 +271,9 @@ class Predictor:
         """The model's Grad-CAM (see :mod:`medml.explain`), built and compiled on first use."""
         with self._explainer_lock:
             if self._explainer is None:
-                from medml.explain import GradCam
+                from medml.ensemble import explainer_for
 
-                self._explainer = GradCam(self.model)
+                self._explainer = explainer_for(self.model)
             return self._explainer
 
 

@@ -31,6 +31,9 @@ class TrainingLaunchForm(forms.Form):
     imbalance = forms.ChoiceField(required=False, choices=IMBALANCE)
     early_stopping_patience = forms.IntegerField(required=False, min_value=1)
     seed = forms.IntegerField(required=False, min_value=0)
+    ensemble_size = forms.IntegerField(
+        required=False, min_value=1, max_value=10, label="Ensemble size",
+        help_text="Train this many models (seeds seed, seed+1, ...) and serve their average.")
     augmentation_enabled = forms.ChoiceField(required=False, choices=TRISTATE,
                                              label="Augmentation")
     horizontal_flip = forms.ChoiceField(required=False, choices=TRISTATE)
@@ -64,7 +67,7 @@ class TrainingLaunchForm(forms.Form):
         overrides = {}
         for key in ["architecture", "epochs", "batch_size", "optimizer", "learning_rate",
                     "schedule", "weight_decay", "label_smoothing", "imbalance",
-                    "early_stopping_patience", "seed", "phase1_epochs"]:
+                    "early_stopping_patience", "seed", "ensemble_size", "phase1_epochs"]:
             if data.get(key) not in (None, ""):
                 overrides[key] = data[key]
         if data.get("two_phase"):

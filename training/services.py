@@ -465,8 +465,9 @@ def _register_once(job: TrainingJob, token: str, result, manifest: dict) -> Mode
             )
             # best_metric is None when the monitored value was never finite (a diverged run).
             best = "undefined" if result.best_metric is None else f"{result.best_metric:.4f}"
-            _append_log(job.pk, f"registered {model}: best epoch {result.best_epoch}, "
-                                f"{result.monitor} {best}")
+            chosen = (f"ensemble of {len(result.members)} members" if result.members
+                      else f"best epoch {result.best_epoch}")
+            _append_log(job.pk, f"registered {model}: {chosen}, {result.monitor} {best}")
             committing = True
     except DATABASE_UNAVAILABLE as exc:
         if stored and committing:
