@@ -74,7 +74,9 @@ class EnsembleGradCam:
         self._cams = [GradCam(member, warm_up=warm_up) for member in members]
         self.input_shape = self._cams[0].input_shape
         self.num_classes = self._cams[0].num_classes
-        self.layer_name = ", ".join(f"{m.name}/{c.layer_name}" for m, c in zip(members, self._cams, strict=True))
+        self.layer_name = ", ".join(
+            f"{member.name}/{cam.layer_name}" for member, cam in zip(members, self._cams, strict=True)
+        )
 
     def heatmaps(self, images: np.ndarray, classes: np.ndarray | list[int]) -> np.ndarray:
         maps = np.mean([cam.heatmaps(images, classes) for cam in self._cams], axis=0)
