@@ -6,8 +6,10 @@ import json
 
 from bench.common import RESULTS
 from bench.recipes import summarise, train_preset
+from medml.config import resolve_preset
 
-RECIPES = [("strong_breast", "breastmnist"), ("fast_cpu_blood", "bloodmnist")]
+RECIPES = [("strong_breast", "breastmnist"), ("fast_cpu_blood", "bloodmnist"),
+           ("ensemble_breast", "breastmnist"), ("ensemble_blood", "bloodmnist")]
 
 # Figures from elsewhere, for comparison (test split, 28x28 unless noted).
 REFERENCES = {
@@ -38,7 +40,10 @@ def run(*, seeds=None, quick: bool = False, only: str | None = None) -> dict:
             if kept:
                 results.append(kept)
             continue
-        runs = [train_preset(preset, flag, seed=s, overrides={"epochs": 2} if quick else None)
+        # An ensemble's members take seeds seed to seed + size - 1: repeats get disjoint ranges.
+        size = resolve_preset(preset).ensemble_size
+        runs = [train_preset(preset, flag, seed=s * size,
+                             overrides={"epochs": 2} if quick else None)
                 for s in range(seeds)]
         results.append({"preset": preset, "dataset": flag, "runs": runs,
                         "summary": summarise(runs), "references": REFERENCES[flag]})

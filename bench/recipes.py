@@ -68,6 +68,7 @@ def train_preset(preset: str, flag: str, *, seed: int, overrides: dict | None = 
         "test_weighted": test.get("weighted_avg"),
         "train_seconds": result.train_seconds, "wall_seconds": wall,
         "num_params": result.num_params, "device": result.device,
+        "ensemble_size": config.ensemble_size, "members": result.members,
     }
 
 
