@@ -163,6 +163,9 @@ MODEL_CACHE_DIR = Path(env("MODEL_CACHE_DIR", default=str(VAR_DIR / "model-cache
 # CPU threads of one ONNX Runtime call: a web request classifies a few images, and the web
 # server already runs one process per core, so 1. Batch jobs in workers use every core.
 PREDICTION_THREADS = env.int("PREDICTION_THREADS", default=1)
+# Tokens and models read by API requests stay this long in the shared cache at most (they are
+# dropped at once when changed through the ORM; see medplatform/rowcache.py). 0: no caching.
+ROW_CACHE_SECONDS = env.int("ROW_CACHE_SECONDS", default=60)
 
 # MedMNIST: a local folder of official .npz files, or the official download when online.
 MEDMNIST_DIR = env("MEDMNIST_DIR", default=str(BASE_DIR.parent / "shared" / "data"))

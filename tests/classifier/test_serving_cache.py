@@ -214,6 +214,14 @@ def test_without_a_reachable_cache_rows_come_from_the_database(owner, model):
         assert classify(token_client(owner), model.pk).status_code == 201
 
 
+def test_with_row_caching_off_every_request_reads_the_database(owner, settings):
+    settings.ROW_CACHE_SECONDS = 0
+    client = token_client(owner)
+    assert len(token_queries(client)) == 1
+    assert len(token_queries(client)) == 1
+    assert cached_token(owner) is None
+
+
 def test_keys_name_the_models_fields_so_rows_of_older_code_are_not_read():
     key = selectors.serving_models.key(7)
     assert key.startswith("row:serving-model:") and key.endswith(":7")
