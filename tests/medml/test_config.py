@@ -45,6 +45,7 @@ FULL_CONFIG = {
     "seed": 7,
     "mixed_precision": True,
     "tta": True,
+    "ensemble_size": 3,
 }
 
 
