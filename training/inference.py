@@ -162,11 +162,15 @@ def inference_job_run(*, job_id: int) -> str:
                                     progress=reading)
         # A batch job has the worker to itself: every core (0) for one ONNX Runtime call.
         predictor = services_predict.predictor_for(model, threads=0)
+        # A model evaluated with test-time augmentation is served the same way.
+        tta = services_predict.uses_tta(model)
         probs = np.empty((len(batch), len(class_names)), dtype=np.float32)
         last_beat = 0.0
         for start in range(0, len(batch), BATCH_SIZE):
             stop = min(start + BATCH_SIZE, len(batch))
-            probs[start:stop] = predictor.predict(batch.images[start:stop])
+            images = batch.images[start:stop]
+            probs[start:stop] = (predictor.predict_tta(images).probabilities if tta
+                                 else predictor.predict(images))
             if time.monotonic() - last_beat > 1.0 or stop == len(batch):
                 if not mine.update(done=stop, heartbeat_at=timezone.now()):
                     return "lost the job"

@@ -106,7 +106,8 @@ class PredictionCreateSerializer(serializers.Serializer):
         required=False, min_value=1, help_text="A dataset id: its default model is used."
     )
     tta = serializers.BooleanField(
-        default=False, help_text="Average over mirror images and report the spread as uncertainty."
+        default=False, help_text="Average over mirror images and report the spread as uncertainty "
+                                 "(always on for models trained with test-time augmentation)."
     )
     gradcam = serializers.BooleanField(
         default=True, help_text="Return a Grad-CAM overlay per image (false: faster answers)."

@@ -234,6 +234,19 @@ def test_test_time_augmentation_reports_an_uncertainty(client, model, dataset_ar
     assert Prediction.objects.get().uncertainty == result["uncertainty"]
 
 
+def test_a_model_trained_with_test_time_augmentation_always_serves_with_it(
+        client, dataset, owner, register, model_file, dataset_arrays):
+    tta_model = register(dataset, owner, name="tiny-tta")
+    tta_model.config = {**tta_model.config, "tta": True}
+    tta_model.save(update_fields=["config"])
+    image = dataset_arrays["test_images"][1]
+    [result] = post(client, [png(image)], model=tta_model.pk).json()  # no tta asked for
+    predictor = infer.Predictor.from_file(model_file, runtime="onnxruntime", threads=1)
+    expected = predictor.predict_tta(image[np.newaxis]).probabilities[0]
+    np.testing.assert_allclose(list(result["probabilities"].values()), expected, atol=1e-5)
+    assert isinstance(result["uncertainty"], float)
+
+
 def test_a_two_class_model_applies_its_decision_threshold(owner, client, tmp_path):
     binary = DatasetFactory(owner=owner, class_counts={"train": [6, 6], "val": [2, 2], "test": [2, 2]},
                             class_names=["malignant", "benign"])

@@ -260,3 +260,4 @@ def test_the_redis_backend_keeps_one_client_per_server(redis_broker):
     assert backend.incr("n", 1) if backend.add("n", 1) else True
     assert backend.get("n") == 2
     backend.delete_many(["k", "n"])
+

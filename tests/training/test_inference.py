@@ -516,3 +516,22 @@ def test_another_users_job_page_is_not_found(browser_client, model_file, other_u
     assert browser_client.get(f"/inference/{job.pk}/").status_code == 404
     listing = browser_client.get("/inference/")
     assertContains(listing, "No batch jobs yet.")
+
+
+def test_a_model_trained_with_test_time_augmentation_is_run_with_it(
+        owner, model_file, dataset, dataset_arrays, django_capture_on_commit_callbacks):
+    tta_model = services.model_version_register(
+        name="tiny-tta", architecture="compact_cnn", dataset=dataset, owner=owner,
+        artifact_path=model_file, config={"width": 8, "tta": True},
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        job = inference.inference_job_create(owner=owner, model_version=tta_model,
+                                             dataset=dataset, split="test")
+    job.refresh_from_db()
+    assert job.status == Status.SUCCEEDED, job.error
+    predictor = infer.Predictor.from_file(model_file, runtime="onnxruntime", threads=1)
+    expected = predictor.predict_tta(dataset_arrays["test_images"]).probabilities
+    rows = csv_rows(job.results_csv.read())
+    np.testing.assert_allclose(np.array([row[4:] for row in rows[1:]], dtype=float), expected,
+                               atol=2e-6)
+    assert not np.allclose(expected, predictor.predict(dataset_arrays["test_images"]), atol=1e-4)
