@@ -515,10 +515,24 @@ _PRESET_LIST: tuple[Preset, ...] = (
         title="Report: CNN for BreastMNIST without augmentation (83%)",
         description=(
             "The report's BreastMNIST network trained on the raw images. The report does not "
-            "give the number of epochs; 100 is used."
+            "give the number of epochs; 100 is used. Batches of 42 images (the report gives no "
+            "batch size): 42 divides BreastMNIST's 546 training images, so every batch is full. "
+            "With Keras' 32 the last batch of each epoch holds 2 images, and the report's batch "
+            "normalization momentum of 0.1 sets the moving statistics used at evaluation 90% "
+            "from that batch."
         ),
         dataset_hint="breastmnist",
-        config={**_REPORT_DEFAULTS, "architecture": "breast_cnn", "epochs": 100},
+        # Training details the report leaves open, chosen on the validation split only (mean
+        # best val accuracy over seeds 0-2, test never evaluated while choosing): batch size 42
+        # 0.9145 vs. 0.8675 with 32; a cosine schedule did not help (0.9103 with 42, 0.8803
+        # with 32), so the learning rate stays constant. 100 epochs are kept: report_breast_cnn_77
+        # retrains this network after phase1_epochs=100.
+        config={
+            **_REPORT_DEFAULTS,
+            "architecture": "breast_cnn",
+            "epochs": 100,
+            "batch_size": 42,
+        },
         report_accuracy=0.83,
     ),
     Preset(
