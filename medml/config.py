@@ -122,6 +122,9 @@ class TrainConfig:
         two_phase: Train ``phase1_epochs`` epochs without augmentation, then the remaining
             epochs with it (the report's "train, then retrain with augmentation").
         phase1_epochs: Length of phase 1, ``1 <= phase1_epochs < epochs`` when ``two_phase``.
+        clean_final_epochs: The last this many epochs train on the images as they are, without
+            the random transforms: batch normalization's statistics and the last weights then
+            settle on images like those it will classify (0: augmentation to the end).
         pretrained: Start the backbone from local ImageNet weights (architectures with
             ``supports_pretrained`` only).
         freeze_backbone_epochs: With ``pretrained``: epochs during which only the head trains;
@@ -152,6 +155,7 @@ class TrainConfig:
     monitor: Literal["val_accuracy", "val_auc", "val_loss"] = "val_accuracy"
     two_phase: bool = False
     phase1_epochs: int = 0
+    clean_final_epochs: int = 0
     pretrained: bool = False
     freeze_backbone_epochs: int = 0
     dropout: float | None = None
@@ -218,6 +222,8 @@ class TrainConfig:
         aug = self.augmentation
         if not (aug.enabled and aug.has_random_transforms):
             return False
+        if self.clean_final_epochs and epoch > self.epochs - self.clean_final_epochs:
+            return False
         return not (self.two_phase and epoch <= self.phase1_epochs)
 
     @property
@@ -272,6 +278,7 @@ _TRAIN_FIELDS: dict[str, _Field] = {
     "monitor": _Field("choice", choices=MONITORS),
     "two_phase": _Field("bool"),
     "phase1_epochs": _Field("int", 0, MAX_EPOCHS),
+    "clean_final_epochs": _Field("int", 0, MAX_EPOCHS),
     "pretrained": _Field("bool"),
     "freeze_backbone_epochs": _Field("int", 0, MAX_EPOCHS),
     "dropout": _Field("float", 0, 1, high_inclusive=False, optional=True),
@@ -379,6 +386,14 @@ def _check_consistency(config: TrainConfig, errors: dict[str, list[str]]) -> Non
             errors.setdefault("two_phase", []).append(
                 "Phase 2 adds augmentation: enable augmentation with at least one random "
                 "transform, or switch two_phase off."
+            )
+    if config.clean_final_epochs:
+        augmented_from = config.phase1_epochs + 1 if config.two_phase else 1
+        if config.epochs - config.clean_final_epochs < augmented_from:
+            errors.setdefault("clean_final_epochs", []).append(
+                f"Must leave at least one augmented epoch: less than epochs ({config.epochs})"
+                + (f" minus phase1_epochs ({config.phase1_epochs})" if config.two_phase else "")
+                + f", got {config.clean_final_epochs}."
             )
     if config.pretrained and config.freeze_backbone_epochs >= config.epochs:
         errors.setdefault("freeze_backbone_epochs", []).append(

@@ -279,6 +279,9 @@ def train(
         augmented = config.augmentation_active(epoch)
         if augmented and config.two_phase and not config.augmentation_active(epoch - 1):
             hooks.log(f"Phase 2: augmentation on from epoch {epoch}.")
+        if not augmented and config.clean_final_epochs and config.augmentation_active(epoch - 1):
+            hooks.log(f"Augmentation off from epoch {epoch}: the last {config.clean_final_epochs} "
+                      "epoch(s) train on the images as they are.")
 
         started = time.perf_counter()
         batch_callback = _BatchHooksCallback(hooks, epoch, pipeline.steps_per_epoch)

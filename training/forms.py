@@ -47,6 +47,9 @@ class TrainingLaunchForm(forms.Form):
     two_phase = forms.ChoiceField(required=False, choices=TRISTATE,
                                   help_text="Train without augmentation first, then with it.")
     phase1_epochs = forms.IntegerField(required=False, min_value=0)
+    clean_final_epochs = forms.IntegerField(
+        required=False, min_value=0, label="Final epochs without augmentation",
+        help_text="The last epochs train on the images as they are.")
 
     def __init__(self, *args, user, **kwargs):
         from medml.architectures import list_architectures
@@ -67,7 +70,8 @@ class TrainingLaunchForm(forms.Form):
         overrides = {}
         for key in ["architecture", "epochs", "batch_size", "optimizer", "learning_rate",
                     "schedule", "weight_decay", "label_smoothing", "imbalance",
-                    "early_stopping_patience", "seed", "ensemble_size", "phase1_epochs"]:
+                    "early_stopping_patience", "seed", "ensemble_size", "phase1_epochs",
+                    "clean_final_epochs"]:
             if data.get(key) not in (None, ""):
                 overrides[key] = data[key]
         if data.get("two_phase"):

@@ -39,6 +39,7 @@ FULL_CONFIG = {
     "monitor": "val_auc",
     "two_phase": True,
     "phase1_epochs": 10,
+    "clean_final_epochs": 5,
     "pretrained": False,
     "freeze_backbone_epochs": 0,
     "dropout": 0.2,
@@ -212,6 +213,26 @@ def test_two_phase_needs_a_phase_1_shorter_than_training(phase1_epochs):
     )
 
     assert list(errors) == ["phase1_epochs"]
+
+
+def test_the_last_clean_epochs_train_without_the_random_transforms():
+    config = TrainConfig.from_dict(
+        {"epochs": 5, "clean_final_epochs": 2, "two_phase": True, "phase1_epochs": 1,
+         "augmentation": {"enabled": True, "rotation_range": 20.0}}
+    )
+
+    assert [config.augmentation_active(epoch) for epoch in range(1, 6)] == [
+        False, True, True, False, False,
+    ]
+
+
+@pytest.mark.parametrize(("extra", "clean"), [({}, 5), ({"two_phase": True, "phase1_epochs": 2}, 3)])
+def test_clean_final_epochs_must_leave_an_augmented_epoch(extra, clean):
+    errors = errors_of({"epochs": 5, "clean_final_epochs": clean, **extra,
+                        "augmentation": {"enabled": True, "horizontal_flip": True}})
+
+    assert list(errors) == ["clean_final_epochs"]
+    assert "at least one augmented epoch" in errors["clean_final_epochs"][0]
 
 
 def test_two_phase_needs_augmentation_for_phase_2():

@@ -354,6 +354,18 @@ def test_an_interrupted_checkpoint_is_completed_on_the_next_run(tmp_path, monkey
     assert len(rerun.history) == 1
 
 
+def test_the_clean_final_epochs_train_on_the_images_as_they_are(tmp_path):
+    hooks = RecordingHooks()
+    clean_end = config(epochs=3, clean_final_epochs=1,
+                       augmentation={"enabled": True, "rotation_range": 20.0})
+
+    result = train(config=clean_end, data=synthetic_data(), workdir=tmp_path, hooks=hooks,
+                   evaluate_test=False)
+
+    assert [entry["augmented"] for entry in result.history] == [True, True, False]
+    assert hooks.logged("Augmentation off from epoch 3")
+
+
 @pytest.mark.slow
 def test_two_phase_training_augments_only_in_phase_2(tmp_path):
     hooks = RecordingHooks()
