@@ -6,6 +6,7 @@ import json
 
 from bench.common import RESULTS
 from bench.recipes import summarise, train_preset
+from medml.config import resolve_preset
 
 # preset, dataset, the report's test accuracy, majority-class rate of the test split.
 MODELS = [
@@ -19,18 +20,19 @@ MODELS = [
 # The report trained for 100-450 epochs on a GPU. The small BreastMNIST CNNs train for the
 # presets' own epochs here; the others get a CPU budget (the best validation epoch is kept).
 EPOCH_CAPS = {"bloodmnist": 8, "breastmnist": None}
-HEAVY_CAPS = {"report_resnet50_blood": 4, "report_vgg16_breast": 40}
+HEAVY_CAPS = {"report_resnet50_blood": 4, "report_vgg16_breast": 40, "report_blood_cnn_95": 30}
 # ResNet50 at 100x100 runs at a few images/s on 2 cores: it trains on a stratified subset.
 TRAIN_SUBSETS = {"report_resnet50_blood": 1000}
 # Run the report's models over seeds with `--seeds 3` (the mean is compared with the report).
 # report_breast_cnn_83 trains in batches of 42 (its preset, medml/config.py): 42 divides the 546
 # training images, so no 2-image last batch drives the batch normalization (momentum 0.1) moving
 # statistics. Chosen on validation accuracy only (seeds 0-2, 0.9145 vs. 0.8675 with 32).
-# report_blood_cnn_95 stays at 8 epochs: 40 epochs with a cosine schedule (batch 32 or 128) did
-# not raise the best validation accuracy of seed 0 above 0.93-0.94, short of the report's 0.95;
-# training accuracy reached 0.98 while clean-image validation accuracy swung by 3 points between
-# epochs even at learning rates near 1e-6 (batch normalization statistics gathered on augmented
-# batches), so longer training alone does not reproduce the report's figure here.
+# report_blood_cnn_95 gets 30 epochs, the last 9 without augmentation (its preset reads the
+# report's 9 epochs of retraining so), under a cosine decay. Augmented to the end, 40 epochs
+# (cosine, batch 32 or 128) did not raise seed 0's best validation accuracy above 0.93-0.94, and
+# clean-image validation accuracy swung by 3 points between epochs even at learning rates near
+# 1e-6: batch normalization statistics gathered on augmented batches. With the clean tail it
+# held 0.961-0.964 over the last 7 epochs (validation only; see the preset).
 
 
 def run(*, seeds=None, quick: bool = False, only: str | None = None) -> dict:
@@ -52,6 +54,9 @@ def run(*, seeds=None, quick: bool = False, only: str | None = None) -> dict:
         overrides = {} if cap is None else {"epochs": cap}
         if preset == "report_breast_cnn_77" and cap is not None:
             overrides["phase1_epochs"] = cap // 2
+        clean = resolve_preset(preset).clean_final_epochs
+        if clean and cap is not None:  # the clean tail shrinks with the epochs (none in --quick)
+            overrides["clean_final_epochs"] = min(clean, cap // 3)
         runs = [train_preset(preset, flag, seed=s, overrides=overrides,
                              train_subset=TRAIN_SUBSETS.get(preset))
                 for s in range(seeds or 1)]

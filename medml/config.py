@@ -500,16 +500,24 @@ _PRESET_LIST: tuple[Preset, ...] = (
         title="Report: CNN for BloodMNIST (95%)",
         description=(
             "The report's best network, trained with rotations up to 20 degrees, shifts of 0.2 "
-            "and feature-wise normalization. The report trained 200 epochs, measured 87%, then "
-            "continued the same training for 9 more epochs (94.5%). Continuing a Keras fit keeps "
-            "the optimizer state and the constant learning rate, so this is one 209-epoch run "
-            "with augmentation throughout."
+            "and feature-wise normalization. The report trained 200 epochs on augmented images "
+            "(87% on unseen images), then retrained the network for 9 more epochs (94.5%). The "
+            "retraining is read as 9 epochs on the images as they are: batch normalization "
+            "keeps statistics of augmented batches otherwise, and validation accuracy on the "
+            "real images swings by several points from epoch to epoch. The learning rate, which "
+            "the report does not give, follows a cosine decay."
         ),
         dataset_hint="bloodmnist",
+        # Chosen on the validation split only (seed 0, 30 epochs on this CPU, 9 of them clean):
+        # augmentation to the end peaked at 0.940 and swung between 0.89 and 0.94; a constant
+        # learning rate with the clean tail peaked at 0.950 and swung between 0.92 and 0.95; the
+        # cosine decay with the clean tail held 0.961-0.964 over the last 7 epochs.
         config={
             **_REPORT_DEFAULTS,
             "architecture": "blood_cnn_95",
             "epochs": 209,
+            "clean_final_epochs": 9,
+            "schedule": "cosine",
             "augmentation": _REPORT_STANDARD_AUGMENTATION,
         },
         report_accuracy=0.95,
