@@ -360,10 +360,7 @@ def train(
     else:
         result.val_metrics = _evaluate(best_model, data, "val", config)
     if evaluate_test:
-        if "test" in data.splits and len(data.labels("test")):
-            result.test_metrics = _evaluate(best_model, data, "test", config)
-        else:
-            hooks.log("No test images: test metrics skipped.")
+        result.test_metrics = _test_metrics(best_model, data, config, hooks)
     return result
 
 
@@ -469,10 +466,7 @@ def _train_ensemble(*, config: TrainConfig, data: DatasetArrays, workdir: Path,
     result.val_metrics = _evaluate(ensemble, data, "val", config)
     result.best_metric = _ensemble_monitor_value(result.val_metrics, config.monitor)
     if evaluate_test:
-        if "test" in data.splits and len(data.labels("test")):
-            result.test_metrics = _evaluate(ensemble, data, "test", config)
-        else:
-            hooks.log("No test images: test metrics skipped.")
+        result.test_metrics = _test_metrics(ensemble, data, config, hooks)
     return result
 
 
@@ -713,6 +707,15 @@ def _finite_or_none(value: Any) -> float | None:
 def _evaluate(model: keras.Model, data: DatasetArrays, split: str, config: TrainConfig) -> dict:
     probs = predict_proba(model, data.images(split), batch_size=config.batch_size, tta=config.tta)
     return classification_metrics(data.labels(split), probs, data.class_names)
+
+
+def _test_metrics(model: keras.Model, data: DatasetArrays, config: TrainConfig,
+                  hooks: TrainingHooks) -> dict | None:
+    """The test split's metrics, evaluated once at the end; ``None`` without test images."""
+    if "test" in data.splits and len(data.labels("test")):
+        return _evaluate(model, data, "test", config)
+    hooks.log("No test images: test metrics skipped.")
+    return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,3 +33,14 @@ def media_root(tmp_path_factory, settings):
     """Every test writes uploads and artifacts into its own temporary folder."""
     settings.MEDIA_ROOT = tmp_path_factory.mktemp("media")
     return settings.MEDIA_ROOT
+
+
+@pytest.fixture
+def isolated_model_cache(tmp_path, settings):
+    """Served models (ONNX files, loaded sessions) live in this test's own folder and memory."""
+    from medml import infer
+
+    settings.MODEL_CACHE_DIR = tmp_path / "model-cache"
+    infer.clear_predictor_cache()
+    yield
+    infer.clear_predictor_cache()

@@ -17,7 +17,6 @@ from rest_framework.test import APIClient
 from classifier import selectors, services
 from classifier.api.predictions import PredictionSerializer, prediction_payload
 from classifier.models import ModelVersion, Prediction, Visibility
-from medml import infer
 from medplatform import authentication
 from medplatform.cache import RedisCache
 from tests.factories import (
@@ -28,7 +27,7 @@ from tests.factories import (
     save_tiny_trained_model,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("isolated_model_cache")]
 
 URL = "/api/v1/predictions/"
 ME = "/api/v1/predictions/"  # any authenticated read
@@ -38,13 +37,6 @@ ME = "/api/v1/predictions/"  # any authenticated read
 def model_file(tmp_path_factory):
     arrays = medmnist_arrays(TINY_CLASS_COUNTS)
     return save_tiny_trained_model(arrays, tmp_path_factory.mktemp("models") / "tiny.keras")
-
-
-@pytest.fixture(autouse=True)
-def isolated_model_cache(tmp_path, settings):
-    settings.MODEL_CACHE_DIR = tmp_path / "model-cache"
-    yield
-    infer.clear_predictor_cache()
 
 
 @pytest.fixture

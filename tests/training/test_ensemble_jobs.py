@@ -10,7 +10,6 @@ from PIL import Image
 from rest_framework.test import APIClient
 
 from classifier.models import ModelVersion
-from medml import infer
 from tests.training.conftest import smoke
 from training import services
 from training.models import TrainingJob
@@ -18,15 +17,9 @@ from training.models import TrainingJob
 Status = TrainingJob.Status
 
 
-@pytest.fixture(autouse=True)
-def isolated_model_cache(tmp_path, settings):
-    settings.MODEL_CACHE_DIR = tmp_path / "model-cache"
-    yield
-    infer.clear_predictor_cache()
-
-
 @pytest.mark.slow
 @pytest.mark.django_db
+@pytest.mark.usefixtures("isolated_model_cache")
 def test_an_ensemble_job_registers_one_model_that_classifies_with_a_heatmap(
         owner, dataset, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
