@@ -120,7 +120,9 @@ def training_job_create(
             job = TrainingJob.objects.create(
                 owner=owner, dataset=dataset, config=full_config, preset=preset,
                 name=name or f"{full_config['architecture']} on {dataset.name}",
-                total_epochs=full_config["epochs"], idempotency_key=idempotency_key,
+                # An ensemble's members train one after the other: their epochs add up.
+                total_epochs=full_config["epochs"] * full_config.get("ensemble_size", 1),
+                idempotency_key=idempotency_key,
             )
             transaction.on_commit(lambda: training_job_enqueue(job=job))
     except IntegrityError:

@@ -26,6 +26,7 @@ def test_an_ensemble_job_registers_one_model_that_classifies_with_a_heatmap(
         job, _ = services.training_job_create(
             owner=owner, dataset=dataset, preset="smoke",
             config=smoke(epochs=1, ensemble_size=2, seed=3))
+        assert job.total_epochs == 2  # shown from the start, before a worker takes the job
     job.refresh_from_db()
     assert job.status == Status.SUCCEEDED, job.error
     assert job.total_epochs == 2 and job.current_epoch == 2 and job.progress == 1.0
