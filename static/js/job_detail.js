@@ -40,10 +40,24 @@
     series.forEach((s, i) => {
       const pts = points[i];
       if (!pts.length) return;
-      svg.appendChild(el("polyline", { points: pts.map((p) => sx(p[0]) + "," + sy(p[1])).join(" "), fill: "none", stroke: s.color, "stroke-width": 2, class: "series-" + s.key }));
+      // An ensemble's members are separate runs: one line each, not joined across members.
+      for (const run of segments(history, pts)) {
+        svg.appendChild(el("polyline", { points: run.map((p) => sx(p[0]) + "," + sy(p[1])).join(" "), fill: "none", stroke: s.color, "stroke-width": 2, class: "series-" + s.key }));
+      }
       pts.forEach((p) => svg.appendChild(el("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: s.color })));
       svg.appendChild(el("text", { x: L + 8 + i * 110, y: T + 12, "font-size": 12, fill: s.color }, s.label));
     });
+  }
+
+  function segments(history, pts) {
+    const memberOf = new Map(history.map((h) => [h.epoch, h.member]));
+    const runs = [];
+    for (const p of pts) {
+      const last = runs[runs.length - 1];
+      if (last && memberOf.get(last[last.length - 1][0]) === memberOf.get(p[0])) last.push(p);
+      else runs.push([p]);
+    }
+    return runs;
   }
 
   function fmt(v, digits) { return typeof v === "number" ? v.toFixed(digits) : "—"; }
@@ -54,6 +68,12 @@
     status.className = "status status-" + job.status;
     $("job-epoch").textContent = job.current_epoch;
     $("job-total").textContent = job.total_epochs;
+    const size = (job.config || {}).ensemble_size || 1;
+    if (size > 1) {
+      const epochs = job.config.epochs;
+      const member = Math.min(size, Math.floor(Math.max(job.current_epoch - 1, 0) / epochs) + 1);
+      $("job-member").textContent = " · member " + member + " of " + size;
+    }
     $("job-device").textContent = job.device || "—";
     $("job-worker").textContent = job.worker_host || "—";
     const pct = Math.round(job.progress * 100);
@@ -74,10 +94,11 @@
     body.innerHTML = "";
     for (const h of hist) {
       const tr = document.createElement("tr");
-      for (const v of [h.epoch, fmt(h.loss, 4), fmt(h.accuracy, 4), fmt(h.val_loss, 4), fmt(h.val_accuracy, 4), fmt(h.val_auc, 4), fmt(h.lr, 6), fmt(h.seconds, 1)]) {
+      const epoch = h.member ? h.epoch + " (member " + h.member + ")" : String(h.epoch);
+      for (const v of [epoch, fmt(h.loss, 4), fmt(h.accuracy, 4), fmt(h.val_loss, 4), fmt(h.val_accuracy, 4), fmt(h.val_auc, 4), fmt(h.lr, 6), fmt(h.seconds, 1)]) {
         const td = document.createElement("td");
         td.textContent = v;
-        if (td.textContent !== String(h.epoch)) td.className = "num";
+        if (td.textContent !== epoch) td.className = "num";
         tr.appendChild(td);
       }
       body.appendChild(tr);

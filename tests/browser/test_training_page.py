@@ -104,3 +104,40 @@ def test_a_user_launches_a_smoke_run_and_watches_it_finish_without_reloading(
     page.wait_for_function("() => document.querySelectorAll('#history-table tbody tr').length")
     assert page.locator("#job-model").inner_text() == (
         f"Model: {model} · test accuracy {model.metrics['accuracy']:.4f}")
+
+
+def test_an_ensemble_job_shows_its_members_one_after_the_other(page, live_server, login, worker):
+    user = UserFactory(username="wren")
+    dataset = DatasetFactory(owner=user, name="Tiny blood", class_counts=TINY_COUNTS)
+    login(page, live_server, "wren", PASSWORD)
+
+    page.goto(f"{live_server.url}/jobs/new/")
+    page.select_option("#id_dataset", str(dataset.pk))
+    page.select_option("#id_preset", "smoke")
+    page.fill("#id_epochs", "1")
+    page.fill("#id_batch_size", "16")
+    page.fill("#id_ensemble_size", "2")
+    page.click("#launch-button")
+    page.wait_for_url(re.compile(r"/jobs/\d+/$"))
+    job = TrainingJob.objects.get()
+    assert job.config["ensemble_size"] == 2
+
+    try:
+        page.wait_for_function(
+            "() => document.getElementById('job-status').textContent === 'Succeeded'",
+            timeout=TRAINING_TIMEOUT_MS,
+        )
+    except Exception:
+        job.refresh_from_db()
+        pytest.fail(f"job #{job.pk} is {job.status} ({job.error}); log: {job.log}\n"
+                    f"worker log: {worker.log()[-3000:]}")
+
+    assert page.locator("#job-epoch").inner_text() == "2"
+    assert page.locator("#job-total").inner_text() == "2"
+    assert page.locator("#job-member").inner_text().strip() == "· member 2 of 2"
+    cells = page.locator("#history-table tbody tr td:first-child").all_inner_texts()
+    assert cells == ["1 (member 1)", "2 (member 2)"]
+    # One line per member: the two runs are not joined into one curve.
+    assert page.locator("#chart-loss polyline.series-loss").count() == 2
+    assert "ensemble of 2 members" in page.locator("#job-log").inner_text()
+    assert ModelVersion.objects.get().config["ensemble_size"] == 2
