@@ -24,23 +24,19 @@ def _token_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _load_token(digest_and_key: tuple[str, str]) -> Token | None:
-    return Token.objects.select_related("user").filter(key=digest_and_key[1]).first()
+def _load_token(key: str) -> Token | None:
+    return Token.objects.select_related("user").filter(key=key).first()
 
 
-class _TokenCache(RowCache):
-    def key(self, key) -> str:  # looked up by (digest, key); stored by digest alone
-        return super().key(key[0] if isinstance(key, tuple) else key)
-
-
-tokens = _TokenCache("api-token", [Token, get_user_model()], _load_token)
+# Entries are keyed by the token's digest; the loader gets the token itself.
+tokens = RowCache("api-token", [Token, get_user_model()], _load_token)
 
 
 class CachedTokenAuthentication(authentication.TokenAuthentication):
     """``TokenAuthentication`` with the token's row and user read through :data:`tokens`."""
 
     def authenticate_credentials(self, key):
-        token = tokens.get((_token_digest(key), key))
+        token = tokens.get(_token_digest(key), key)
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid token.")
         if not token.user.is_active:

@@ -45,6 +45,7 @@ class RowCache:
         models: Every model class whose instances the cached value holds, for the key's
             field signature.
         load: ``load(key)`` reads the value from the database; ``None`` means no row (not cached).
+            :meth:`get` may pass other arguments to it instead of the key.
     """
 
     def __init__(self, name: str, models: Iterable[type[models.Model]], load: Callable[[Any], Any]):
@@ -62,19 +63,23 @@ class RowCache:
             self._prefix = f"row:{self.name}:{_fields_signature(self._models)}"
         return f"{self._prefix}:{key}"
 
-    def get(self, key):
-        """The value for ``key``: from the cache, else loaded and cached; ``None`` if no row."""
+    def get(self, key, *load_args):
+        """The value for ``key``: from the cache, else loaded and cached; ``None`` if no row.
+
+        ``load_args``, when given, are what the loader is called with instead of ``key``.
+        """
+        load_args = load_args or (key,)
         if self.timeout <= 0:
-            return self._load(key)
+            return self._load(*load_args)
         cache_key = self.key(key)
         try:
             value = cache.get(cache_key, _MISSING)
         except Exception as exc:  # an unreachable cache must not fail the request
             logger.warning("row cache %s unavailable: %s", self.name, exc)
-            return self._load(key)
+            return self._load(*load_args)
         if value is not _MISSING:
             return value
-        value = self._load(key)
+        value = self._load(*load_args)
         if value is not None:
             try:
                 cache.set(cache_key, value, timeout=self.timeout)
