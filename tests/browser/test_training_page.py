@@ -28,29 +28,18 @@ def worker(live_server, monkeypatch, settings, tmp_path):
         process.kill()
 
 
-def test_a_user_launches_a_smoke_run_and_watches_it_finish_without_reloading(
-        page, live_server, login, worker, tmp_path):
-    user = UserFactory(username="wren")
-    dataset = DatasetFactory(owner=user, name="Tiny blood", class_counts=TINY_COUNTS)
-    blocked = []
-    page.on("console", lambda message: blocked.append(message.text)
-            if "Content Security Policy" in message.text else None)
-    login(page, live_server, "wren", PASSWORD)
-
+def launch_smoke_run(page, live_server, dataset, **fields) -> None:
+    """Fill the launch form for the smoke preset (``fields``: more form fields) and submit it."""
     page.goto(f"{live_server.url}/jobs/new/")
     page.select_option("#id_dataset", str(dataset.pk))
     page.select_option("#id_preset", "smoke")
-    page.fill("#id_epochs", "2")
-    page.fill("#id_batch_size", "16")
+    for name, value in {"batch_size": 16, **fields}.items():
+        page.fill(f"#id_{name}", str(value))
     page.click("#launch-button")
     page.wait_for_url(re.compile(r"/jobs/\d+/$"))
 
-    job = TrainingJob.objects.get()
-    assert page.url == f"{live_server.url}/jobs/{job.pk}/"
-    assert page.locator(".messages").inner_text() == f"Queued training job #{job.pk}."
-    # Marks this document: a reload would replace it and lose the mark.
-    page.evaluate("() => { window.sameDocument = true; }")
 
+def wait_until_succeeded(page, job, worker) -> None:
     try:
         page.wait_for_function(
             "() => document.getElementById('job-status').textContent === 'Succeeded'",
@@ -60,6 +49,26 @@ def test_a_user_launches_a_smoke_run_and_watches_it_finish_without_reloading(
         job.refresh_from_db()
         pytest.fail(f"job #{job.pk} is {job.status} ({job.error}); log: {job.log}\n"
                     f"worker log: {worker.log()[-3000:]}")
+
+
+def test_a_user_launches_a_smoke_run_and_watches_it_finish_without_reloading(
+        page, live_server, login, worker, tmp_path):
+    user = UserFactory(username="wren")
+    dataset = DatasetFactory(owner=user, name="Tiny blood", class_counts=TINY_COUNTS)
+    blocked = []
+    page.on("console", lambda message: blocked.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    login(page, live_server, "wren", PASSWORD)
+
+    launch_smoke_run(page, live_server, dataset, epochs=2)
+
+    job = TrainingJob.objects.get()
+    assert page.url == f"{live_server.url}/jobs/{job.pk}/"
+    assert page.locator(".messages").inner_text() == f"Queued training job #{job.pk}."
+    # Marks this document: a reload would replace it and lose the mark.
+    page.evaluate("() => { window.sameDocument = true; }")
+
+    wait_until_succeeded(page, job, worker)
     assert page.evaluate("() => window.sameDocument") is True
 
     job.refresh_from_db()
@@ -111,26 +120,11 @@ def test_an_ensemble_job_shows_its_members_one_after_the_other(page, live_server
     dataset = DatasetFactory(owner=user, name="Tiny blood", class_counts=TINY_COUNTS)
     login(page, live_server, "wren", PASSWORD)
 
-    page.goto(f"{live_server.url}/jobs/new/")
-    page.select_option("#id_dataset", str(dataset.pk))
-    page.select_option("#id_preset", "smoke")
-    page.fill("#id_epochs", "1")
-    page.fill("#id_batch_size", "16")
-    page.fill("#id_ensemble_size", "2")
-    page.click("#launch-button")
-    page.wait_for_url(re.compile(r"/jobs/\d+/$"))
+    launch_smoke_run(page, live_server, dataset, epochs=1, ensemble_size=2)
     job = TrainingJob.objects.get()
     assert job.config["ensemble_size"] == 2
 
-    try:
-        page.wait_for_function(
-            "() => document.getElementById('job-status').textContent === 'Succeeded'",
-            timeout=TRAINING_TIMEOUT_MS,
-        )
-    except Exception:
-        job.refresh_from_db()
-        pytest.fail(f"job #{job.pk} is {job.status} ({job.error}); log: {job.log}\n"
-                    f"worker log: {worker.log()[-3000:]}")
+    wait_until_succeeded(page, job, worker)
 
     assert page.locator("#job-epoch").inner_text() == "2"
     assert page.locator("#job-total").inner_text() == "2"
