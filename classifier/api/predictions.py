@@ -52,11 +52,19 @@ class PredictionSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField(read_only=True)
 
     def get_image_url(self, obj) -> str:
-        return f"/api/v1/predictions/{obj.pk}/image/"
+        return _image_url(obj)
 
     def get_gradcam(self, obj) -> str | None:
-        png = getattr(obj, "gradcam_png", None)
-        return "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else None
+        return _gradcam_uri(obj)
+
+
+def _image_url(prediction) -> str:
+    return f"/api/v1/predictions/{prediction.pk}/image/"
+
+
+def _gradcam_uri(prediction) -> str | None:
+    png = getattr(prediction, "gradcam_png", None)
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else None
 
 
 _CREATED_AT = PredictionSerializer().fields["created_at"]
@@ -85,9 +93,9 @@ def prediction_payload(prediction) -> dict:
         "warnings": [str(w) for w in prediction.warnings],
         "latency_ms": float(prediction.latency_ms),
         "uncertainty": None if prediction.uncertainty is None else float(prediction.uncertainty),
-        "gradcam": PredictionSerializer.get_gradcam(None, prediction),
+        "gradcam": _gradcam_uri(prediction),
         "original_name": str(prediction.original_name),
-        "image_url": PredictionSerializer.get_image_url(None, prediction),
+        "image_url": _image_url(prediction),
         "image_sha256": str(prediction.image_sha256),
         "image_content_type": str(prediction.image_content_type),
         "created_at": _CREATED_AT.to_representation(prediction.created_at),
