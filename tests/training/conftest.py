@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from reliability._procs import PlatformProcess
+from reliability._procs import PlatformProcess, wait_for
 from tests.factories import DatasetFactory, UserFactory
 
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -140,11 +139,7 @@ def celery_worker_process(transactional_db, monkeypatch, tmp_path) -> Callable[.
 def wait_until(condition: Callable[[], object], *, timeout: float, interval: float = 0.25,
                describe: Callable[[], str] = lambda: "") -> object:
     """Poll ``condition`` until it returns something true; fail with ``describe()`` after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s. {describe()}")
-        time.sleep(interval)
+    try:
+        return wait_for(condition, timeout=timeout, interval=interval)
+    except TimeoutError:
+        pytest.fail(f"timed out after {timeout:.0f} s. {describe()}")
