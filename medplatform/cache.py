@@ -1,4 +1,5 @@
-"""Django's Redis cache backend, with one Redis client object per server instead of one per call.
+"""Django's Redis cache backend, with one Redis client object per server instead of one per call,
+and rate-limit counting in one round trip.
 
 Django's ``RedisCacheClient.get_client`` builds a new ``redis.Redis`` for every cache operation,
 and redis-py fills each new client's table of response callbacks (about 170 entries): around a
@@ -12,11 +13,24 @@ from __future__ import annotations
 
 from django.core.cache.backends import redis as django_redis
 
+# INCR, then start the window (a TTL) if the counter has none: atomic, as scripts are. A counter
+# can never be left without a TTL, which would lock its client out for good.
+_COUNT_IN_WINDOW = """
+local count = redis.call('INCR', KEYS[1])
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then
+  left = tonumber(ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], left)
+end
+return {count, left}
+"""
+
 
 class RedisCacheClient(django_redis.RedisCacheClient):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._clients = {}
+        self._scripts = {}
 
     def get_client(self, key=None, *, write=False):
         index = self._get_connection_pool_index(write)
@@ -29,6 +43,14 @@ class RedisCacheClient(django_redis.RedisCacheClient):
             client = self._clients[index] = self._client(connection_pool=self._pools[index])
         return client
 
+    def count_in_window(self, key: str, milliseconds: int) -> tuple[int, int]:
+        client = self.get_client(key, write=True)
+        script = self._scripts.get(id(client))
+        if script is None:  # registered once: later calls send the script's sha1, not its text
+            script = self._scripts[id(client)] = client.register_script(_COUNT_IN_WINDOW)
+        count, left = script(keys=[key], args=[milliseconds])
+        return int(count), int(left)
+
 
 class RedisCache(django_redis.RedisCache):
     """``django.core.cache.backends.redis.RedisCache`` using :class:`RedisCacheClient`."""
@@ -36,3 +58,10 @@ class RedisCache(django_redis.RedisCache):
     def __init__(self, server, params):
         super().__init__(server, params)
         self._class = RedisCacheClient
+
+    def count_in_window(self, key: str, seconds: float, version=None) -> tuple[int, float]:
+        """Count one request under ``key``: the count in its current window, this request
+        included, and the seconds until the window ends (``seconds`` from its first request)."""
+        key = self.make_and_validate_key(key, version=version)
+        count, left_ms = self._cache.count_in_window(key, max(1, round(seconds * 1000)))
+        return count, left_ms / 1000

@@ -9,8 +9,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from django.core.cache import cache
-from django.test import Client
+from django.core.cache import cache, caches
+from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
 from medplatform import auth
@@ -282,3 +282,82 @@ def test_a_rate_limit_counts_in_windows_and_says_when_the_next_one_starts(user, 
     cache.delete(f"throttle_user_{user.pk}")
     assert client.get("/api/v1/presets/").status_code == 200
     assert issubclass(throttling.UserRateThrottle, throttling._FixedWindowThrottle)
+
+
+@pytest.fixture
+def redis_cache(redis_broker, settings):
+    """The default cache on the suite's Redis server (the embedded one, or REDIS_URL in CI)."""
+    from medplatform import settings as production
+    from medplatform.cache import RedisCache
+
+    location = production._redis_cache_location() or redis_broker
+    if location.startswith("redis+socket://"):
+        location = "unix://" + location.removeprefix("redis+socket://")
+    settings.CACHES = {"default": {"BACKEND": "medplatform.cache.RedisCache", "LOCATION": location,
+                                   "KEY_PREFIX": f"rates-{uuid.uuid4().hex[:8]}"}}
+    assert isinstance(caches["default"], RedisCache)
+    return caches["default"]._cache.get_client(write=True)
+
+
+def test_with_redis_a_request_is_counted_in_one_round_trip_and_its_window_always_ends(
+        redis_cache, monkeypatch):
+    from medplatform import throttling
+
+    client = redis_cache
+    key = f"throttle_probe_{uuid.uuid4().hex}"
+    raw_key = cache.make_and_validate_key(key)
+    sent = []
+    real = type(client).execute_command
+    monkeypatch.setattr(type(client), "execute_command",
+                        lambda self, *args, **kw: sent.append(args[0]) or real(self, *args, **kw))
+    assert throttling.count_in_window(key, 60) == (1, 60.0)
+    assert sent in (["EVALSHA"], ["EVALSHA", "SCRIPT LOAD", "EVALSHA"])  # loaded once per server
+    sent.clear()
+    count, left = throttling.count_in_window(key, 60)
+    assert count == 2 and 55 < left <= 60 and sent == ["EVALSHA"]
+    assert 0 < client.pttl(raw_key) <= 60_000
+    # A counter left without an expiry (written by other code) gets one: it cannot lock out forever.
+    client.persist(raw_key)
+    assert client.pttl(raw_key) == -1
+    assert throttling.count_in_window(key, 30)[0] == 3
+    assert 0 < client.pttl(raw_key) <= 30_000
+    assert cache.get(key) == 3  # the same integer Django's cache reads
+    cache.delete(key)
+
+
+@pytest.mark.usefixtures("redis_cache")
+def test_with_redis_api_requests_beyond_the_rate_get_429_until_the_window_ends(user, settings):
+    """A window of one second, in real time."""
+    import time
+
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
+                               "DEFAULT_THROTTLE_RATES": {"anon": "3/min", "user": "2/s"}}
+    client = APIClient(REMOTE_ADDR=fresh_address())
+    client.force_authenticate(user)
+    codes = [client.get("/api/v1/presets/") for _ in range(3)]
+    assert [r.status_code for r in codes] == [200, 200, 429]
+    assert codes[-1]["Retry-After"] == "1"
+    time.sleep(1.2)
+    assert [client.get("/api/v1/presets/").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_without_redis_the_cache_counts_the_same_way(settings):
+    from medplatform import throttling
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                   "LOCATION": f"rates-{uuid.uuid4().hex}"}}
+    assert not hasattr(cache, "count_in_window")
+    assert throttling.count_in_window("k", 60) == (1, 60)
+    count, left = throttling.count_in_window("k", 60)
+    assert count == 2 and 55 < left <= 60
+
+
+def test_an_unreachable_cache_lets_requests_through_and_says_so(user, low_rates, caplog):
+    unreachable = {"default": {"BACKEND": "medplatform.cache.RedisCache",
+                               "LOCATION": "redis://127.0.0.1:1/0"}}
+    client = APIClient(REMOTE_ADDR=fresh_address())
+    client.force_authenticate(user)
+    with override_settings(CACHES=unreachable):
+        codes = [client.get("/api/v1/presets/").status_code for _ in range(6)]
+    assert codes == [200] * 6
+    assert "rate limit user not counted" in caplog.text
