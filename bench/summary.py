@@ -45,9 +45,9 @@ def _recipe_rows(title: str, entries: list[dict]) -> list[str]:
 
 def _accuracy(r: dict) -> list[str]:
     lines = _header(r) + _recipe_rows("recipe", r["recipes"]) + ["", "References:", ""]
-    for e in r["recipes"]:
-        for name, ref in e["references"].items():
-            lines.append(f"- {e['dataset']}, {name}: {ref}")
+    # Recipes of one dataset share its references: each is listed once.
+    references = {(e["dataset"], name): ref for e in r["recipes"] for name, ref in e["references"].items()}
+    lines += [f"- {dataset}, {name}: {ref}" for (dataset, name), ref in references.items()]
     return lines
 
 
