@@ -164,6 +164,13 @@ class ModelVersion(models.Model):
     def val_accuracy(self) -> float | None:
         return self.val_metrics.get("accuracy")
 
+    @property
+    def uses_tta(self) -> bool:
+        """Whether the model was trained and evaluated with test-time augmentation (``tta``):
+        its registered metrics are those of the averaged views, so it always predicts that way
+        (single images, batch jobs, evaluations)."""
+        return bool((self.config or {}).get("tta", False))
+
 
 class Prediction(models.Model):
     owner = models.ForeignKey(

@@ -174,12 +174,6 @@ def predictor_for(model_version: ModelVersion, *, threads: int | None = None) ->
     return predictor
 
 
-def uses_tta(model_version: ModelVersion) -> bool:
-    """Whether the model was trained and evaluated with test-time augmentation (``tta``): its
-    registered metrics are those of the averaged views, so it is always served that way."""
-    return bool((model_version.config or {}).get("tta", False))
-
-
 def predicted_index(probabilities: np.ndarray, threshold: float | None) -> int:
     # A tuned threshold of a two-class model applies to class 1, as in evaluation.
     if threshold is not None and len(probabilities) == 2:
@@ -229,7 +223,7 @@ def prediction_create(
         model_version: The registered model to use.
         files: The uploaded image files, in the order the results are returned.
         tta: Average over the image and its mirror images and record their spread as
-            ``uncertainty``; always on for a model trained with it (:func:`uses_tta`).
+            ``uncertainty``; always on for a model trained with it (``uses_tta``).
         explain: Compute the Grad-CAM overlays (``gradcam_png`` is ``None`` without).
 
     Raises:
@@ -250,7 +244,7 @@ def prediction_create(
 
     started = time.perf_counter()
     arrays = np.stack([item.array for item in checked])
-    if tta or uses_tta(model_version):
+    if tta or model_version.uses_tta:
         result = predictor.predict_tta(arrays)
         probabilities, spreads = result.probabilities, result.spread.tolist()
     else:

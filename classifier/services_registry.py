@@ -154,9 +154,8 @@ def model_version_evaluate(*, model_version: ModelVersion, split: str = "test") 
         return None
     images, labels = arrays.images(split), arrays.labels(split)
     model = _load_model(model_version)
-    tta = bool(model_version.config.get("tta", False))
     started = time.perf_counter()
-    probs = predict_proba(model, images, tta=tta)
+    probs = predict_proba(model, images, tta=model_version.uses_tta)
     seconds = time.perf_counter() - started
 
     buffer = io.BytesIO()

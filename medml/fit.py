@@ -72,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.keras"
 BEST_CHECKPOINT = "best.keras"
+ENSEMBLE_FILE = "ensemble.keras"  # an ensemble job's model, beside its members' folders
+MEMBER_RESULT = "member.json"  # in a member's folder once it finished: a resumed job skips it
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
 _PENDING_PREFIX = ".pending-"
@@ -375,14 +377,14 @@ class _MemberHooks(TrainingHooks):
     history entries carry ``member`` (1-based), and its log lines say which member speaks.
     """
 
-    def __init__(self, outer: TrainingHooks, *, member: int, size: int, epochs: int, begun: list):
+    def __init__(self, outer: TrainingHooks, *, member: int, size: int, epochs: int,
+                 first: bool):
         self.outer, self.member, self.size = outer, member, size
         self.offset, self.total = member * epochs, size * epochs
-        self._begun = begun  # shared by the members: the job hears one start
+        self._first = first  # the first member this call trains: the job hears one start
 
     def on_train_begin(self, *, total_epochs: int, resumed_from_epoch: int) -> None:
-        if not self._begun:
-            self._begun.append(True)
+        if self._first:
             self.outer.on_train_begin(total_epochs=self.total,
                                       resumed_from_epoch=self.offset + resumed_from_epoch)
 
@@ -412,20 +414,33 @@ def _train_ensemble(*, config: TrainConfig, data: DatasetArrays, workdir: Path,
     size, epochs = config.ensemble_size, config.epochs
     hooks.log(f"Ensemble of {size} {config.architecture} models, seeds {config.seed} to "
               f"{config.seed + size - 1}; each keeps its best epoch by {config.monitor}.")
-    begun: list = []
+    fingerprint = dataset_fingerprint(data)
     results: list[TrainResult] = []
+    began_at = None  # the job's epoch this call starts after
     for member in range(size):
         member_config = TrainConfig.from_dict(
             {**config.to_dict(), "ensemble_size": 1, "seed": config.seed + member, "tta": False}
         )
-        result = train(
-            config=member_config, data=data, workdir=workdir / f"member-{member}",
-            hooks=_MemberHooks(hooks, member=member, size=size, epochs=epochs, begun=begun),
-            weights_dir=weights_dir, evaluate_test=False,
-        )
+        member_dir = workdir / f"member-{member}"
+        result = _finished_member(member_dir, member_config, fingerprint)
+        if result is not None:
+            hooks.log(f"Member {member + 1}/{size} finished in an earlier run.")
+            results.append(result)
+            continue
+        member_hooks = _MemberHooks(hooks, member=member, size=size, epochs=epochs,
+                                    first=began_at is None)
+        result = train(config=member_config, data=data, workdir=member_dir, hooks=member_hooks,
+                       weights_dir=weights_dir, evaluate_test=False)
+        if began_at is None:
+            began_at = member * epochs + result.resumed_from_epoch
         results.append(result)
         if result.cancelled:
             break
+        _write_json_atomic(member_dir / MEMBER_RESULT, _member_record(result, member_config,
+                                                                      fingerprint))
+    if began_at is None:  # every member had finished: only the averaging was left
+        began_at = size * epochs
+        hooks.on_train_begin(total_epochs=size * epochs, resumed_from_epoch=began_at)
 
     offset_history = [
         {**entry, "epoch": i * epochs + entry["epoch"], "member": i + 1}
@@ -445,21 +460,26 @@ def _train_ensemble(*, config: TrainConfig, data: DatasetArrays, workdir: Path,
         val_metrics={}, test_metrics=None, num_params=0,
         train_seconds=round(sum(r.train_seconds for r in results), 3), device=last.device,
         class_weight=last.class_weight, members=members,
-        resumed_from_epoch=results[0].resumed_from_epoch,
+        resumed_from_epoch=began_at,
     )
     if result.cancelled:
         hooks.log(f"Ensemble cancelled during member {len(results)} of {size}.")
         return result
 
-    ensemble = build_ensemble(
-        [keras.models.load_model(r.model_path, compile=False) for r in results],
-        name=f"{config.architecture}_ensemble_of_{size}",
-    )
-    path = workdir / "ensemble.keras"
-    partial = workdir / "ensemble.partial.keras"
-    ensemble.save(partial)
-    _fsync_file(partial)
-    os.replace(partial, path)
+    path = workdir / ENSEMBLE_FILE
+    built = path.exists() and path.stat().st_mtime >= max(r.model_path.stat().st_mtime
+                                                          for r in results)
+    if built:  # by a run that died after averaging: the same file, so the same sha256
+        ensemble = keras.models.load_model(path, compile=False)
+    else:
+        ensemble = build_ensemble(
+            [keras.models.load_model(r.model_path, compile=False) for r in results],
+            name=f"{config.architecture}_ensemble_of_{size}",
+        )
+        partial = workdir / "ensemble.partial.keras"
+        ensemble.save(partial)
+        _fsync_file(partial)
+        os.replace(partial, path)
     hooks.log(f"Evaluating the ensemble of {size} members.")
     result.model_path = path
     result.num_params = count_parameters(ensemble)
@@ -468,6 +488,39 @@ def _train_ensemble(*, config: TrainConfig, data: DatasetArrays, workdir: Path,
     if evaluate_test:
         result.test_metrics = _test_metrics(ensemble, data, config, hooks)
     return result
+
+
+def _member_record(result: TrainResult, config: TrainConfig, fingerprint: str) -> dict:
+    return {"config": config.to_dict(), "data_fingerprint": fingerprint,
+            "model_file": result.model_path.name, "history": result.history,
+            "best_epoch": result.best_epoch, "best_metric": result.best_metric,
+            "epochs_completed": result.epochs_completed, "stopped_early": result.stopped_early,
+            "val_metrics": result.val_metrics, "num_params": result.num_params,
+            "train_seconds": result.train_seconds, "device": result.device,
+            "class_weight": _json_class_weight(result.class_weight)}
+
+
+def _finished_member(member_dir: Path, config: TrainConfig, fingerprint: str) -> TrainResult | None:
+    """The result of a member that finished in an earlier run of the same job, else ``None``."""
+    try:
+        saved = json.loads((member_dir / MEMBER_RESULT).read_text())
+    except (OSError, ValueError):
+        return None
+    model_path = member_dir / str(saved.get("model_file"))
+    if (saved.get("config") != config.to_dict() or saved.get("data_fingerprint") != fingerprint
+            or not model_path.exists()):
+        return None
+    weights = saved["class_weight"]
+    return TrainResult(
+        model_path=model_path, history=saved["history"], best_epoch=saved["best_epoch"],
+        best_metric=saved["best_metric"], monitor=config.monitor,
+        epochs_completed=saved["epochs_completed"], cancelled=False,
+        stopped_early=saved["stopped_early"], val_metrics=saved["val_metrics"], test_metrics=None,
+        num_params=saved["num_params"], train_seconds=saved["train_seconds"],
+        device=saved["device"],
+        class_weight=None if weights is None else {int(k): v for k, v in weights.items()},
+        resumed_from_epoch=saved["epochs_completed"],
+    )
 
 
 def _ensemble_monitor_value(val_metrics: dict, monitor: str) -> float | None:

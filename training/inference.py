@@ -163,7 +163,7 @@ def inference_job_run(*, job_id: int) -> str:
         # A batch job has the worker to itself: every core (0) for one ONNX Runtime call.
         predictor = services_predict.predictor_for(model, threads=0)
         # A model evaluated with test-time augmentation is served the same way.
-        tta = services_predict.uses_tta(model)
+        tta = model.uses_tta
         probs = np.empty((len(batch), len(class_names)), dtype=np.float32)
         last_beat = 0.0
         for start in range(0, len(batch), BATCH_SIZE):

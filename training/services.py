@@ -102,6 +102,11 @@ def training_job_enqueue(*, job: TrainingJob) -> None:
     run_training_job.apply_async(args=[job.pk])
 
 
+def config_total_epochs(config: dict) -> int:
+    """The epochs a job of ``config`` trains: an ensemble's members train one after the other."""
+    return config["epochs"] * config.get("ensemble_size", 1)
+
+
 def training_job_create(
     *, owner, dataset: Dataset, config: dict | None = None, preset: str = "", name: str = "",
     idempotency_key: str = "",
@@ -120,8 +125,7 @@ def training_job_create(
             job = TrainingJob.objects.create(
                 owner=owner, dataset=dataset, config=full_config, preset=preset,
                 name=name or f"{full_config['architecture']} on {dataset.name}",
-                # An ensemble's members train one after the other: their epochs add up.
-                total_epochs=full_config["epochs"] * full_config.get("ensemble_size", 1),
+                total_epochs=config_total_epochs(full_config),
                 idempotency_key=idempotency_key,
             )
             transaction.on_commit(lambda: training_job_enqueue(job=job))
@@ -408,17 +412,20 @@ def _remove_unregistered_artifacts(job_id: int) -> None:
     """Delete what an earlier run of this job stored and never registered.
 
     A run killed between storing the model artifact and committing its registration leaves the
-    file behind. That run had finished training, so the file is a copy of the job's best
-    checkpoint: stored copies of it that no model refers to are its leftovers. The earlier run
-    cannot still be committing: this run's claim waited for its transaction's lock.
+    file behind. That run had finished training, so the file is a copy of the job's model (its
+    best checkpoint, or an ensemble's averaged model, which a resumed run reuses as it is):
+    stored copies of it that no model refers to are its leftovers. The earlier run cannot still
+    be committing: this run's claim waited for its transaction's lock.
     """
     from medml import dataset_io
-    from medml.fit import BEST_CHECKPOINT
+    from medml.fit import BEST_CHECKPOINT, ENSEMBLE_FILE
 
-    best = job_workdir(job_id) / BEST_CHECKPOINT
-    if not best.exists():
+    workdir = job_workdir(job_id)
+    model = next((workdir / name for name in (ENSEMBLE_FILE, BEST_CHECKPOINT)
+                  if (workdir / name).exists()), None)
+    if model is None:
         return
-    prefix = dataset_io.sha256_of(best)[:16]
+    prefix = dataset_io.sha256_of(model)[:16]
     try:
         _, files = default_storage.listdir("models")
     except FileNotFoundError:

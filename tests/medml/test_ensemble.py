@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from medml import infer
+from medml import dataset_io, infer
 from medml.architectures import build_model
 from medml.config import ConfigError, TrainConfig
 from medml.ensemble import EnsembleGradCam, build_ensemble, ensemble_members, explainer_for
@@ -67,18 +67,49 @@ def test_members_differ_because_their_seeds_differ(trained, data):
     assert not np.allclose(members[0].get_weights()[0], members[1].get_weights()[0])
 
 
-def test_a_resumed_ensemble_skips_finished_members(data, tmp_path):
-    crashing = RecordingHooks(crash_at=(3, 1))  # in member 2's first epoch
-    with pytest.raises(Exception, match="killed in epoch 3"):
+@pytest.mark.parametrize("crash_epoch", [3, 4], ids=["in member 2's first epoch",
+                                                   "in member 2's second epoch"])
+def test_a_resumed_ensemble_skips_finished_members(data, tmp_path, crash_epoch):
+    crashing = RecordingHooks(crash_at=(crash_epoch, 1))
+    with pytest.raises(Exception, match=f"killed in epoch {crash_epoch}"):
         train(config=config(), data=data, workdir=tmp_path, hooks=crashing)
-    assert (tmp_path / "member-0" / "best.keras").exists()
+    assert (tmp_path / "member-0" / "member.json").exists()
+    assert not (tmp_path / "member-1" / "member.json").exists()
 
     resumed = RecordingHooks()
     result = train(config=config(), data=data, workdir=tmp_path, hooks=resumed)
-    assert resumed.begins == [{"total_epochs": 4, "resumed_from_epoch": 2}]
-    assert [m["epoch"] for m in resumed.epochs] == [3, 4]
+    # The job hears where it really is: after member 1 and member 2's completed epochs.
+    assert resumed.begins == [{"total_epochs": 4, "resumed_from_epoch": crash_epoch - 1}]
+    assert [m["epoch"] for m in resumed.epochs] == list(range(crash_epoch, 5))
+    assert resumed.logged("Member 1/2 finished in an earlier run.")
+    assert not any(m.startswith("Member 1/2: ") for m in resumed.messages)  # not trained again
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert result.resumed_from_epoch == crash_epoch - 1
     assert result.model_path.exists() and not result.cancelled
+
+
+def test_an_ensemble_run_again_after_it_finished_keeps_the_same_model_file(data, tmp_path):
+    """A run that died after averaging (before its model was registered) is run again: it
+    trains nothing and reuses the averaged file, whose sha256 names the stored artifact."""
+    first = train(config=config(), data=data, workdir=tmp_path, hooks=RecordingHooks())
+    digest = dataset_io.sha256_of(first.model_path)
+
+    again = RecordingHooks()
+    result = train(config=config(), data=data, workdir=tmp_path, hooks=again)
+    assert again.begins == [{"total_epochs": 4, "resumed_from_epoch": 4}]
+    assert again.epochs == []
+    assert dataset_io.sha256_of(result.model_path) == digest
+    assert result.val_metrics == first.val_metrics
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert result.members == first.members
+
+
+def test_a_finished_member_of_another_config_is_trained_again(data, tmp_path):
+    train(config=config(epochs=1), data=data, workdir=tmp_path, hooks=RecordingHooks())
+    hooks = RecordingHooks()
+    train(config=config(epochs=1, learning_rate=1e-3), data=data, workdir=tmp_path, hooks=hooks)
+    assert [m["epoch"] for m in hooks.epochs] == [1, 2]
+    assert not hooks.logged("finished in an earlier run")
 
 
 def test_cancelling_an_ensemble_stops_it_and_keeps_no_model(data, tmp_path):

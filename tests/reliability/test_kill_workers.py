@@ -73,10 +73,13 @@ def test_a_worker_that_kept_training_after_a_takeover_is_caught():
     assert _runs.max_concurrent_runs(runs[7]) == 2
 
 
-def test_a_takeover_deletes_the_artifact_a_killed_run_stored_but_never_registered(db, settings):
+@pytest.mark.parametrize("model_file", ["best.keras", "ensemble.keras"])
+def test_a_takeover_deletes_the_artifact_a_killed_run_stored_but_never_registered(
+        db, settings, model_file):
     """A run killed between storing its artifact and committing leaves the file; the next run
-    of the job, which holds the same best checkpoint, removes it (and nothing registered)."""
-    best = services.job_workdir(41) / "best.keras"
+    of the job, which holds the same model (its best checkpoint, or an ensemble's averaged
+    model), removes it (and nothing registered)."""
+    best = services.job_workdir(41) / model_file
     best.parent.mkdir(parents=True)
     best.write_bytes(b"the best checkpoint of job 41")
     prefix = dataset_io.sha256_of(best)[:16]

@@ -51,3 +51,12 @@ def test_an_ensemble_job_registers_one_model_that_classifies_with_a_heatmap(
     [answer] = response.json()
     assert answer["gradcam"].startswith("data:image/png;base64,")
     assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.django_db
+def test_the_train_command_counts_every_members_epochs(owner, dataset):
+    from training.management.commands.train import Command
+
+    job = Command()._create_unqueued(owner, dataset, "smoke", smoke(epochs=2, ensemble_size=3))
+    assert job.total_epochs == 6
+    assert services.config_total_epochs(job.config) == 6

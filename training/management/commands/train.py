@@ -80,7 +80,7 @@ class Command(BaseCommand):
         return TrainingJob.objects.create(
             owner=owner, dataset=dataset, config=config, preset=preset,
             name=f"{config['architecture']} on {dataset.name} (command line)",
-            total_epochs=config["epochs"],
+            total_epochs=services.config_total_epochs(config),
         )
 
     def _run_with_progress(self, job: TrainingJob) -> str:
