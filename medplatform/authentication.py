@@ -1,11 +1,13 @@
 """API token authentication that reads each token's user from the shared cache.
 
 The same rule as Django REST framework's ``TokenAuthentication`` (``Authorization: Token <key>``;
-an unknown key or an inactive user gets 401), with the token and its user kept in a
-:class:`~medplatform.rowcache.RowCache` keyed by a hash of the token, never the token itself.
-Deleting a token (logging out, rotating it) or saving or deleting its user (deactivating them,
-changing staff status) drops the entry at once, in every web process that shares the cache.
-Unknown keys are not cached: every guess reaches the database, behind the rate limits.
+an unknown key or an inactive user gets 401), with the token's user kept in a
+:class:`~medplatform.rowcache.RowCache` keyed by a hash of the token. The cache holds neither the
+token nor the password hash: the user is loaded without its password (reading it, which no API
+request does, would query the database). Deleting a token (logging out, rotating it) or saving
+or deleting its user (deactivating them, changing staff status) drops the entry at once, in
+every web process that shares the cache. Unknown keys are not cached: every guess reaches the
+database, behind the rate limits.
 """
 
 from __future__ import annotations
@@ -24,24 +26,24 @@ def _token_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _load_token(key: str) -> Token | None:
-    return Token.objects.select_related("user").filter(key=key).first()
+def _load_user(key: str):
+    return get_user_model().objects.defer("password").filter(auth_token__key=key).first()
 
 
-# Entries are keyed by the token's digest; the loader gets the token itself.
-tokens = RowCache("api-token", [Token, get_user_model()], _load_token)
+# Entries are keyed by the token's digest and hold its user; the loader gets the token itself.
+tokens = RowCache("api-token-user", [get_user_model()], _load_user)
 
 
 class CachedTokenAuthentication(authentication.TokenAuthentication):
-    """``TokenAuthentication`` with the token's row and user read through :data:`tokens`."""
+    """``TokenAuthentication`` with the token's user read through :data:`tokens`."""
 
     def authenticate_credentials(self, key):
-        token = tokens.get(_token_digest(key), key)
-        if token is None:
+        user = tokens.get(_token_digest(key), key)
+        if user is None:
             raise exceptions.AuthenticationFailed("Invalid token.")
-        if not token.user.is_active:
+        if not user.is_active:
             raise exceptions.AuthenticationFailed("User inactive or deleted.")
-        return token.user, token
+        return user, Token(key=key, user=user)  # request.auth, as DRF gives it (unsaved copy)
 
 
 def _forget_token(sender, instance, **kwargs):

@@ -7,9 +7,10 @@ when the platform has one, so every web process shares it) under a key that name
 current fields, so rows pickled by an older version of the code are never read back.
 
 Freshness comes from invalidation, not from the timeout: the owner of a cache connects
-``post_save`` and ``post_delete`` receivers that call :meth:`RowCache.forget`, which deletes the
-entry at once and again when the transaction commits (a request that read the old row between
-the change and the commit could otherwise put it back). The timeout
+``post_save`` and ``post_delete`` receivers that call :meth:`RowCache.forget`, which deletes
+the entry at once and, when the transaction commits, replaces it with a short-lived tombstone.
+Rows are stored with ``add``, which fails while a tombstone is there: a request that read the
+old row before the commit cannot put it back after it, however the two interleave. The timeout
 (``ROW_CACHE_SECONDS``, default 60) only bounds how long a change that bypasses signals
 (``QuerySet.update``, raw SQL) can go unseen. A cache that cannot be reached is skipped: the
 row comes from the database and the request goes on.
@@ -29,6 +30,10 @@ from django.db import models, transaction
 logger = logging.getLogger(__name__)
 
 _MISSING = object()
+# What :meth:`RowCache.forget` leaves for a while instead of the entry (cached rows are never
+# strings), so that a row read before the change cannot be stored again after it.
+_FORGOTTEN = "row-cache:forgotten"
+FORGOTTEN_SECONDS = 10
 
 
 def _fields_signature(model_classes: Iterable[type[models.Model]]) -> str:
@@ -77,28 +82,34 @@ class RowCache:
         except Exception as exc:  # an unreachable cache must not fail the request
             logger.warning("row cache %s unavailable: %s", self.name, exc)
             return self._load(*load_args)
-        if value is not _MISSING:
+        forgotten = isinstance(value, str) and value == _FORGOTTEN
+        if value is not _MISSING and not forgotten:
             return value
-        value = self._load(*load_args)
-        if value is not None:
-            try:
-                cache.set(cache_key, value, timeout=self.timeout)
+        loaded = self._load(*load_args)
+        if loaded is not None and not forgotten:
+            try:  # add, not set: a tombstone written since the read above wins
+                cache.add(cache_key, loaded, timeout=self.timeout)
             except Exception as exc:
                 logger.warning("row cache %s unavailable: %s", self.name, exc)
-        return value
+        return loaded
 
     def forget(self, *keys) -> None:
-        """Drop ``keys`` now and again once the current transaction commits."""
+        """Drop ``keys`` now, and once the current transaction commits, drop them again leaving
+        tombstones for :data:`FORGOTTEN_SECONDS` (the rows are read from the database
+        meanwhile)."""
         cache_keys = [self.key(key) for key in keys]
         if not cache_keys:
             return
 
-        def drop() -> None:
+        def drop(*, tombstone: bool) -> None:
             try:
-                cache.delete_many(cache_keys)
+                if tombstone:
+                    cache.set_many(dict.fromkeys(cache_keys, _FORGOTTEN), timeout=FORGOTTEN_SECONDS)
+                else:
+                    cache.delete_many(cache_keys)
             except Exception as exc:
                 logger.warning("row cache %s: could not drop %d entries: %s", self.name,
                                len(cache_keys), exc)
 
-        drop()
-        transaction.on_commit(drop)
+        drop(tombstone=False)
+        transaction.on_commit(lambda: drop(tombstone=True))

@@ -4,6 +4,8 @@ and every change to them is seen by the next request."""
 from __future__ import annotations
 
 import io
+import pickle
+import uuid
 
 import pytest
 from django.core.cache import cache
@@ -20,6 +22,7 @@ from classifier.models import ModelVersion, Prediction, Visibility
 from medplatform import authentication
 from medplatform.cache import RedisCache
 from tests.factories import (
+    PASSWORD,
     TINY_CLASS_COUNTS,
     DatasetFactory,
     UserFactory,
@@ -72,7 +75,7 @@ def classify(client, model_id):
                        format="multipart")
 
 
-def cached_token(user):
+def cached_token_user(user):
     key = authentication.tokens.key(authentication._token_digest(user.auth_token.key))
     return cache.get(key)
 
@@ -89,7 +92,7 @@ def token_queries(client) -> list[str]:
 def test_a_token_is_read_from_the_cache_after_its_first_use(owner):
     client = token_client(owner)
     assert len(token_queries(client)) == 1
-    assert cached_token(owner).user.pk == owner.pk
+    assert cached_token_user(owner).pk == owner.pk
     assert token_queries(client) == []
 
 
@@ -99,6 +102,21 @@ def test_the_cache_is_keyed_by_a_hash_of_the_token_never_the_token(owner):
     key = authentication.tokens.key(authentication._token_digest(owner.auth_token.key))
     assert owner.auth_token.key not in key
     assert cache.get(key) is not None
+
+
+def test_the_cache_holds_neither_the_token_nor_the_password_hash(owner):
+    client = token_client(owner)
+    assert client.get(ME).status_code == 200
+    cached = pickle.dumps(cached_token_user(owner))
+    assert owner.auth_token.key.encode() not in cached
+    owner.refresh_from_db()
+    assert owner.password and owner.password.encode() not in cached
+    # The cached user still saves safely: only its loaded fields are written.
+    user = cached_token_user(owner)
+    user.first_name = "Olga"
+    user.save()
+    owner.refresh_from_db()
+    assert owner.first_name == "Olga" and owner.check_password(PASSWORD)
 
 
 def test_a_deleted_token_is_refused_at_once(owner):
@@ -185,17 +203,43 @@ def test_a_renamed_dataset_is_in_the_next_answer(owner, model):
     assert classify(client, model.pk).json()[0]["model"]["dataset_name"] == "Renamed"
 
 
-def test_cached_rows_are_dropped_again_when_the_change_commits(owner, model, monkeypatch):
+def test_cached_rows_are_dropped_again_when_the_change_commits(
+        owner, model, monkeypatch, django_capture_on_commit_callbacks):
     # A request between the change and its commit could cache the old row: the entry is dropped
-    # both when the row is saved and when the transaction commits.
-    dropped = []
-    monkeypatch.setattr(cache, "delete_many", lambda keys: dropped.append(list(keys)))
+    # when the row is saved, and replaced by a tombstone when the transaction commits.
     key = selectors.serving_models.key(model.pk)
-    with transaction.atomic():
+    cache.set(key, "a cached row", timeout=60)
+    with django_capture_on_commit_callbacks() as on_commit, transaction.atomic():
         model.save()
-        assert dropped == [[key]]
-    # pytest-django's test transaction never commits; the commit hook was registered.
-    assert dropped == [[key]]
+        assert cache.get(key) is None
+    cache.set(key, "put back by a request that read the row before the commit", timeout=60)
+    for callback in on_commit:
+        callback()
+    assert cache.get(key) == "row-cache:forgotten"
+
+
+def test_a_row_read_before_a_change_is_not_stored_after_it(owner, model,
+                                                            django_capture_on_commit_callbacks):
+    """The race the tombstones close: a request reads the old row from the database, the change
+    commits and drops the entry, then that request stores what it read."""
+    rows = selectors.RowCache("race-probe", [ModelVersion], lambda pk: None)
+    old_row = ModelVersion.objects.get(pk=model.pk)
+
+    def read_then_lose_the_race(pk):
+        with django_capture_on_commit_callbacks() as on_commit:
+            rows.forget(pk)
+        for callback in on_commit:  # the writer commits between this read and the store
+            callback()
+        return old_row
+
+    rows._load = read_then_lose_the_race
+    assert rows.get(model.pk) is old_row  # this request still answers with what it read
+    assert cache.get(rows.key(model.pk)) == "row-cache:forgotten"  # but did not put it back
+    rows._load = lambda pk: ModelVersion.objects.get(pk=pk)
+    assert rows.get(model.pk).pk == model.pk  # read from the database while the tombstone lasts
+    assert cache.get(rows.key(model.pk)) == "row-cache:forgotten"
+    cache.delete(rows.key(model.pk))  # as its expiry does
+    assert rows.get(model.pk).pk == model.pk and cache.get(rows.key(model.pk)).pk == model.pk
 
 
 def test_without_a_reachable_cache_rows_come_from_the_database(owner, model):
@@ -211,7 +255,7 @@ def test_with_row_caching_off_every_request_reads_the_database(owner, settings):
     client = token_client(owner)
     assert len(token_queries(client)) == 1
     assert len(token_queries(client)) == 1
-    assert cached_token(owner) is None
+    assert cached_token_user(owner) is None
 
 
 def test_keys_name_the_models_fields_so_rows_of_older_code_are_not_read():
@@ -244,12 +288,13 @@ def test_the_redis_backend_keeps_one_client_per_server(redis_broker):
     from medplatform.settings import _redis_cache_location
 
     location = _redis_cache_location() or redis_broker
-    backend = RedisCache(location, {"KEY_PREFIX": "test-client-reuse"})
+    backend = RedisCache(location, {"KEY_PREFIX": f"test-client-reuse-{uuid.uuid4().hex[:8]}"})
     client = backend._cache.get_client(write=True)
     assert backend._cache.get_client() is client
     backend.set("k", {"v": 1}, timeout=30)
     assert backend.get("k") == {"v": 1}
-    assert backend.incr("n", 1) if backend.add("n", 1) else True
+    assert backend.add("n", 1)
+    assert backend.incr("n", 1) == 2
     assert backend.get("n") == 2
     backend.delete_many(["k", "n"])
 
