@@ -263,11 +263,15 @@ def _redis_cache_location() -> str | None:
 # Log-in lockout counts and API rate limits live in the cache: shared through Redis when there is
 # one, so that every web process sees the same counts.
 _CACHE_LOCATION = _redis_cache_location()
+# Requests go on without the cache when it fails (rows from the database, uncounted rate limits):
+# a Redis that hangs rather than refuses must fail fast too.
+REDIS_CACHE_OPTIONS = {"socket_connect_timeout": 0.25, "socket_timeout": 0.25}
 CACHES = {
     "default": {
         "BACKEND": "medplatform.cache.RedisCache",
         "LOCATION": _CACHE_LOCATION,
         "KEY_PREFIX": "medplatform-cache",
+        "OPTIONS": REDIS_CACHE_OPTIONS,
     } if _CACHE_LOCATION else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
 

@@ -298,3 +298,29 @@ def test_the_redis_backend_keeps_one_client_per_server(redis_broker):
     assert backend.get("n") == 2
     backend.delete_many(["k", "n"])
 
+
+
+def test_a_cache_that_hangs_costs_a_request_timeouts_not_a_hang(owner, model, settings, caplog):
+    """A Redis that accepts connections but never answers: every cache operation gives up after
+    the configured timeout, and the request is answered from the database."""
+    import socket
+    import time
+
+    from medplatform import settings as production
+
+    client = token_client(owner)
+    assert classify(client, model.pk).status_code == 201  # the model loaded, as in a live process
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepted by the kernel, never read or answered
+    try:
+        assert production.REDIS_CACHE_OPTIONS["socket_timeout"] <= 1
+        settings.CACHES = {"default": {
+            "BACKEND": "medplatform.cache.RedisCache", "OPTIONS": production.REDIS_CACHE_OPTIONS,
+            "LOCATION": f"redis://127.0.0.1:{silent.getsockname()[1]}/0"}}
+        began = time.monotonic()
+        assert classify(client, model.pk).status_code == 201
+        assert time.monotonic() - began < 5
+        assert "row cache api-token-user unavailable" in caplog.text
+    finally:
+        silent.close()
