@@ -30,7 +30,7 @@ class RedisCacheClient(django_redis.RedisCacheClient):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._clients = {}
-        self._scripts = {}
+        self._count_script = None  # on the write server, as every counter is
 
     def get_client(self, key=None, *, write=False):
         index = self._get_connection_pool_index(write)
@@ -44,11 +44,9 @@ class RedisCacheClient(django_redis.RedisCacheClient):
         return client
 
     def count_in_window(self, key: str, milliseconds: int) -> tuple[int, int]:
-        client = self.get_client(key, write=True)
-        script = self._scripts.get(id(client))
-        if script is None:  # registered once: later calls send the script's sha1, not its text
-            script = self._scripts[id(client)] = client.register_script(_COUNT_IN_WINDOW)
-        count, left = script(keys=[key], args=[milliseconds])
+        if self._count_script is None:  # registered once: calls send its sha1, not its text
+            self._count_script = self.get_client(key, write=True).register_script(_COUNT_IN_WINDOW)
+        count, left = self._count_script(keys=[key], args=[milliseconds])
         return int(count), int(left)
 
 
