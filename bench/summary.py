@@ -17,7 +17,8 @@ def _fmt(stat: dict | None, digits: int = 4) -> str:
 
 def _header(r: dict) -> list[str]:
     m = r["machine"]
-    return [f"*{r['finished_at']}, {m['cores']} cores, {m['cpu']}; reproduce with "
+    probe = f", CPU probe {m['cpu_probe_ms']} ms" if "cpu_probe_ms" in m else ""
+    return [f"*{r['finished_at']}, {m['cores']} cores, {m['cpu']}{probe}; reproduce with "
             f"`{r['command']}`*", ""]
 
 
