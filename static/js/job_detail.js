@@ -7,57 +7,15 @@
   const $ = (id) => document.getElementById(id);
   const ACTIVE = ["queued", "running"];
   const LABELS = { queued: "Queued", running: "Running", succeeded: "Succeeded", failed: "Failed", cancelled: "Cancelled" };
-  const SVG = "http://www.w3.org/2000/svg";
 
-  function el(name, attrs, text) {
-    const node = document.createElementNS(SVG, name);
-    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
-
-  // A small line chart: one polyline per series, axes with min/max labels.
-  function drawChart(svg, history, series) {
-    while (svg.firstChild) svg.removeChild(svg.firstChild);
-    const W = 600, H = 240, L = 44, R = 10, T = 10, B = 26;
-    const points = series.map((s) => history.map((h) => [h.epoch, h[s.key]]).filter((p) => typeof p[1] === "number" && isFinite(p[1])));
-    const all = points.flat();
-    if (!all.length) {
-      svg.appendChild(el("text", { x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#5d6b7e" }, "waiting for the first epoch…"));
-      return;
-    }
-    const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
-    const x0 = Math.min(1, ...xs), x1 = Math.max(...xs, x0 + 1);
-    let y0 = Math.min(...ys), y1 = Math.max(...ys);
-    if (y1 - y0 < 1e-9) { y0 -= 0.5; y1 += 0.5; }
-    const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
-    const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
-    svg.appendChild(el("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#c5ced9" }));
-    svg.appendChild(el("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#c5ced9" }));
-    svg.appendChild(el("text", { x: 4, y: T + 10, "font-size": 11, fill: "#5d6b7e" }, y1.toFixed(3)));
-    svg.appendChild(el("text", { x: 4, y: H - B, "font-size": 11, fill: "#5d6b7e" }, y0.toFixed(3)));
-    svg.appendChild(el("text", { x: W - R, y: H - 6, "font-size": 11, fill: "#5d6b7e", "text-anchor": "end" }, "epoch " + x1));
-    series.forEach((s, i) => {
-      const pts = points[i];
-      if (!pts.length) return;
-      // An ensemble's members are separate runs: one line each, not joined across members.
-      for (const run of segments(history, pts)) {
-        svg.appendChild(el("polyline", { points: run.map((p) => sx(p[0]) + "," + sy(p[1])).join(" "), fill: "none", stroke: s.color, "stroke-width": 2, class: "series-" + s.key }));
-      }
-      pts.forEach((p) => svg.appendChild(el("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: s.color })));
-      svg.appendChild(el("text", { x: L + 8 + i * 110, y: T + 12, "font-size": 12, fill: s.color }, s.label));
+  // A chart of some keys of the history: one coloured series each, labelled inside the chart.
+  function drawChart(svg, history, keys) {
+    const series = keys.map((k) => ({ runs: MedCharts.runs(history, k.key), colour: k.color, attrs: { class: "series-" + k.key } }));
+    if (!MedCharts.draw(svg, series, "waiting for the first epoch…")) return;
+    const { left, top } = MedCharts.margin;
+    keys.forEach((k, i) => {
+      if (series[i].runs.length) svg.appendChild(MedCharts.el("text", { x: left + 8 + i * 110, y: top + 12, "font-size": 12, fill: k.color }, k.label));
     });
-  }
-
-  function segments(history, pts) {
-    const memberOf = new Map(history.map((h) => [h.epoch, h.member]));
-    const runs = [];
-    for (const p of pts) {
-      const last = runs[runs.length - 1];
-      if (last && memberOf.get(last[last.length - 1][0]) === memberOf.get(p[0])) last.push(p);
-      else runs.push([p]);
-    }
-    return runs;
   }
 
   function fmt(v, digits) { return typeof v === "number" ? v.toFixed(digits) : "—"; }

@@ -24,6 +24,8 @@ def evaluated_models(settings, tmp_path):
         history = [{"epoch": e, "loss": 1.3 - 0.2 * e, "val_loss": 1.2 - 0.1 * e - seed / 10,
                     "accuracy": 0.3 + 0.1 * e, "val_accuracy": 0.35 + 0.08 * e + seed / 20}
                    for e in range(1, 6)]
+        if seed == 1:  # an ensemble of two members: epochs 1-2 and 3-5 are separate runs
+            history = [{**entry, "member": 1 if entry["epoch"] <= 2 else 2} for entry in history]
         model = register_model(dataset, owner, saved_model_file(tmp_path, seed=seed), name=name,
                                history=history)
         services_registry.model_version_evaluate(model_version=model)
@@ -75,8 +77,11 @@ def test_two_models_compared_from_the_models_page_show_rows_matrices_and_curves(
     assert values == sorted(values, reverse=True) and values[0] == 0.95
     assert table.locator("thead th").nth(column).get_attribute("aria-sort") == "descending"
 
-    # One curve per model, drawn by compare.js from the models' histories.
-    assert page.locator("#curves polyline").count() == 2
+    # One curve per model, drawn by compare.js from the models' histories; the ensemble's
+    # members are separate lines, not joined across members.
+    assert page.locator("#curves polyline").count() == 3
+    ensemble = page.locator(f"#curves polyline[data-model='{models[1]}']")
+    assert [line.get_attribute("points").count(",") for line in ensemble.all()] == [2, 3]
     assert page.locator("#curve-legend span").count() == 2
     assert page.locator("#mcnemar-table tbody tr").count() == 2
     assert blocked == []

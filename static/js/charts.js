@@ -1,0 +1,63 @@
+// Per-epoch line charts in SVG, shared by the training job page and the model comparison page.
+window.MedCharts = (function () {
+  "use strict";
+  const SVG = "http://www.w3.org/2000/svg";
+  // The charts' viewBox (600 x 240) and the margins around the plot.
+  const W = 600, H = 240, L = 44, R = 10, T = 10, B = 26;
+
+  function el(name, attrs, text) {
+    const node = document.createElementNS(SVG, name);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  // [epoch, value] of every history entry that recorded `key`, split into runs: an ensemble's
+  // members are separate trainings, drawn as one line each rather than joined across members.
+  function runs(history, key) {
+    const out = [];
+    let member;
+    history.forEach((entry, i) => {
+      const value = entry[key];
+      if (typeof value !== "number" || !isFinite(value)) return;
+      const point = [typeof entry.epoch === "number" ? entry.epoch : i + 1, value];
+      if (out.length && entry.member === member) out[out.length - 1].push(point);
+      else out.push([point]);
+      member = entry.member;
+    });
+    return out;
+  }
+
+  // Clears `svg` and draws each of `series` ({runs, colour, attrs}): a polyline per run (with the
+  // series' extra attributes) and a marker per point, so a single epoch still shows. With no
+  // point at all it shows `emptyText` and returns false.
+  function draw(svg, series, emptyText) {
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    const all = series.flatMap((s) => s.runs.flat());
+    if (!all.length) {
+      svg.appendChild(el("text", { x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#5d6b7e" }, emptyText));
+      return false;
+    }
+    const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
+    const x0 = Math.min(1, ...xs), x1 = Math.max(...xs, x0 + 1);
+    let y0 = Math.min(...ys), y1 = Math.max(...ys);
+    if (y1 - y0 < 1e-9) { y0 -= 0.5; y1 += 0.5; }
+    const sx = (x) => (L + ((x - x0) / (x1 - x0)) * (W - L - R)).toFixed(1);
+    const sy = (y) => (T + (1 - (y - y0) / (y1 - y0)) * (H - T - B)).toFixed(1);
+    svg.appendChild(el("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#c5ced9" }));
+    svg.appendChild(el("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#c5ced9" }));
+    svg.appendChild(el("text", { x: 4, y: T + 10, "font-size": 11, fill: "#5d6b7e" }, y1.toFixed(3)));
+    svg.appendChild(el("text", { x: 4, y: H - B, "font-size": 11, fill: "#5d6b7e" }, y0.toFixed(3)));
+    svg.appendChild(el("text", { x: W - R, y: H - 6, "font-size": 11, fill: "#5d6b7e", "text-anchor": "end" }, "epoch " + x1));
+    series.forEach((s) => {
+      for (const run of s.runs) {
+        svg.appendChild(el("polyline", { points: run.map((p) => sx(p[0]) + "," + sy(p[1])).join(" "),
+          fill: "none", stroke: s.colour, "stroke-width": 2, "vector-effect": "non-scaling-stroke", ...s.attrs }));
+        run.forEach((p) => svg.appendChild(el("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: s.colour })));
+      }
+    });
+    return true;
+  }
+
+  return { el, runs, draw, margin: { left: L, top: T } };
+})();
