@@ -399,6 +399,12 @@ def _check_consistency(config: TrainConfig, errors: dict[str, list[str]]) -> Non
         errors.setdefault("freeze_backbone_epochs", []).append(
             f"Must be less than epochs ({config.epochs}), got {config.freeze_backbone_epochs}."
         )
+    if config.seed + config.ensemble_size - 1 > MAX_SEED:  # members take seed, seed + 1, ...
+        errors.setdefault("seed", []).append(
+            f"An ensemble of {config.ensemble_size} uses seeds {config.seed} to "
+            f"{config.seed + config.ensemble_size - 1}: the seed must be at most "
+            f"{MAX_SEED - config.ensemble_size + 1}."
+        )
 
 
 # --------------------------------------------------------------------------------------------

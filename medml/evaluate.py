@@ -28,7 +28,8 @@ _PREDICT_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def predict_proba(
-    model: keras.Model, images: np.ndarray, batch_size: int = 256, tta: bool = False
+    model: keras.Model, images: np.ndarray, batch_size: int = 256, tta: bool = False,
+    on_batch: Callable[[], None] | None = None,
 ) -> np.ndarray:
     """Class probabilities for ``images``.
 
@@ -41,6 +42,7 @@ def predict_proba(
         batch_size: Images per forward pass.
         tta: Test-time augmentation: average the probabilities of each image, its horizontal
             flip and its vertical flip.
+        on_batch: Called after each batch (a training job's sign of life during evaluation).
 
     Returns:
         ``float32`` array of shape ``(N, num_classes)``.
@@ -53,10 +55,11 @@ def predict_proba(
     if len(images) == 0:
         return np.zeros((0, int(model.output.shape[-1])), dtype=np.float32)
     predict = _predict_function(model, tta)
-    outputs = [
-        predict(tf.convert_to_tensor(images[start : start + batch_size])).numpy()
-        for start in range(0, len(images), batch_size)
-    ]
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        outputs.append(predict(tf.convert_to_tensor(images[start : start + batch_size])).numpy())
+        if on_batch is not None:
+            on_batch()
     return np.concatenate(outputs).astype(np.float32, copy=False)
 
 

@@ -92,8 +92,11 @@ class TrainingHooks:
     All methods run in the training thread; keep them quick (throttle ``on_batch_end``).
     """
 
-    def on_train_begin(self, *, total_epochs: int, resumed_from_epoch: int) -> None:
-        """Called once the model is ready; ``resumed_from_epoch`` is 0 for a fresh start."""
+    def on_train_begin(self, *, total_epochs: int, resumed_from_epoch: int, device: str) -> None:
+        """Called once the model is ready; ``resumed_from_epoch`` is 0 for a fresh start.
+
+        ``device`` names where training runs (``""`` when nothing is trained: an ensemble whose
+        members all finished earlier)."""
 
     def on_epoch_end(self, *, epoch: int, total_epochs: int, metrics: dict) -> None:
         """Called after epoch ``epoch`` (1-based) is checkpointed.
@@ -108,6 +111,11 @@ class TrainingHooks:
     def should_stop(self) -> bool:
         """Return ``True`` to cancel: training stops after the current batch."""
         return False
+
+    def alive(self) -> None:
+        """Called between the batches of work that is not a training step (predicting the
+        validation and test splits), which can take minutes for a large model: a caller that
+        watches for silent workers hears from this one meanwhile."""
 
     def log(self, message: str) -> None:
         """A progress message for people (device, resuming, phase changes, early stop...)."""
@@ -244,7 +252,8 @@ def train(
             f"Resuming from epoch {resumed_from + 1} of {total} "
             f"(checkpoint of epoch {resumed_from} in {workdir})."
         )
-    hooks.on_train_begin(total_epochs=total, resumed_from_epoch=resumed_from)
+    hooks.on_train_begin(total_epochs=total, resumed_from_epoch=resumed_from,
+                         device=runtime.device)
 
     state_header = {
         "format": STATE_FORMAT,
@@ -297,7 +306,8 @@ def train(
         if batch_callback.cancelled:
             cancelled = True
             break
-        val_probs = predict_proba(model, val_images, batch_size=config.batch_size)
+        val_probs = predict_proba(model, val_images, batch_size=config.batch_size,
+                                  on_batch=hooks.alive)
         entry = {
             "epoch": epoch,
             "loss": _finite_or_none(fit_history.history["loss"][-1]),
@@ -360,7 +370,7 @@ def train(
     if best_val_probs is not None and not config.tta:
         result.val_metrics = classification_metrics(val_labels, best_val_probs, data.class_names)
     else:
-        result.val_metrics = _evaluate(best_model, data, "val", config)
+        result.val_metrics = _evaluate(best_model, data, "val", config, hooks)
     if evaluate_test:
         result.test_metrics = _test_metrics(best_model, data, config, hooks)
     return result
@@ -383,10 +393,11 @@ class _MemberHooks(TrainingHooks):
         self.offset, self.total = member * epochs, size * epochs
         self._first = first  # the first member this call trains: the job hears one start
 
-    def on_train_begin(self, *, total_epochs: int, resumed_from_epoch: int) -> None:
+    def on_train_begin(self, *, total_epochs: int, resumed_from_epoch: int, device: str) -> None:
         if self._first:
             self.outer.on_train_begin(total_epochs=self.total,
-                                      resumed_from_epoch=self.offset + resumed_from_epoch)
+                                      resumed_from_epoch=self.offset + resumed_from_epoch,
+                                      device=device)
 
     def on_epoch_end(self, *, epoch: int, total_epochs: int, metrics: dict) -> None:
         self.outer.on_epoch_end(epoch=self.offset + epoch, total_epochs=self.total,
@@ -398,6 +409,9 @@ class _MemberHooks(TrainingHooks):
 
     def should_stop(self) -> bool:
         return self.outer.should_stop()
+
+    def alive(self) -> None:
+        self.outer.alive()
 
     def log(self, message: str) -> None:
         self.outer.log(f"Member {self.member + 1}/{self.size}: {message}")
@@ -440,7 +454,7 @@ def _train_ensemble(*, config: TrainConfig, data: DatasetArrays, workdir: Path,
                                                                       fingerprint))
     if began_at is None:  # every member had finished: only the averaging was left
         began_at = size * epochs
-        hooks.on_train_begin(total_epochs=size * epochs, resumed_from_epoch=began_at)
+        hooks.on_train_begin(total_epochs=size * epochs, resumed_from_epoch=began_at, device="")
 
     offset_history = [
         {**entry, "epoch": i * epochs + entry["epoch"], "member": i + 1}
@@ -483,7 +497,7 @@ def _train_ensemble(*, config: TrainConfig, data: DatasetArrays, workdir: Path,
     hooks.log(f"Evaluating the ensemble of {size} members.")
     result.model_path = path
     result.num_params = count_parameters(ensemble)
-    result.val_metrics = _evaluate(ensemble, data, "val", config)
+    result.val_metrics = _evaluate(ensemble, data, "val", config, hooks)
     result.best_metric = _ensemble_monitor_value(result.val_metrics, config.monitor)
     if evaluate_test:
         result.test_metrics = _test_metrics(ensemble, data, config, hooks)
@@ -757,8 +771,10 @@ def _finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _evaluate(model: keras.Model, data: DatasetArrays, split: str, config: TrainConfig) -> dict:
-    probs = predict_proba(model, data.images(split), batch_size=config.batch_size, tta=config.tta)
+def _evaluate(model: keras.Model, data: DatasetArrays, split: str, config: TrainConfig,
+              hooks: TrainingHooks) -> dict:
+    probs = predict_proba(model, data.images(split), batch_size=config.batch_size, tta=config.tta,
+                          on_batch=hooks.alive)
     return classification_metrics(data.labels(split), probs, data.class_names)
 
 
@@ -766,7 +782,7 @@ def _test_metrics(model: keras.Model, data: DatasetArrays, config: TrainConfig,
                   hooks: TrainingHooks) -> dict | None:
     """The test split's metrics, evaluated once at the end; ``None`` without test images."""
     if "test" in data.splits and len(data.labels("test")):
-        return _evaluate(model, data, "test", config)
+        return _evaluate(model, data, "test", config, hooks)
     hooks.log("No test images: test metrics skipped.")
     return None
 

@@ -107,6 +107,28 @@ def config_total_epochs(config: dict) -> int:
     return config["epochs"] * config.get("ensemble_size", 1)
 
 
+def _check_config_fits_dataset(config: dict, dataset: Dataset) -> None:
+    """What the worker would refuse about this dataset, refused before a job is queued.
+
+    The same rules as :func:`medml.fit.train`'s data checks, read from the dataset's recorded
+    counts: images to train and validate on, and with ``monitor="val_auc"`` every class in the
+    validation split.
+    """
+    from medml.config import ConfigError
+
+    counts = dataset.split_counts or {}
+    missing = [split for split in ("train", "val") if not counts.get(split)]
+    if missing:
+        raise ConfigError({"dataset": [
+            f"{dataset.name} has no {' and no '.join(missing)} images; training needs both."]})
+    if config.get("monitor") == "val_auc":
+        absent = [dataset.class_names[i] for i, n in enumerate(dataset.class_counts.get("val", [])) if not n]
+        if absent:
+            raise ConfigError({"monitor": [
+                f"val_auc needs every class in the validation split, and {dataset.name} has no "
+                f"validation image of {', '.join(absent)}: monitor val_loss or val_accuracy."]})
+
+
 def training_job_create(
     *, owner, dataset: Dataset, config: dict | None = None, preset: str = "", name: str = "",
     idempotency_key: str = "",
@@ -120,6 +142,7 @@ def training_job_create(
         if existing:
             return existing, False
     full_config = validate_training_config(preset=preset, config=config)
+    _check_config_fits_dataset(full_config, dataset)
     try:
         with transaction.atomic():
             job = TrainingJob.objects.create(
@@ -154,10 +177,19 @@ def training_job_cancel(*, job: TrainingJob) -> TrainingJob:
 
 
 def training_job_retry(*, job: TrainingJob) -> TrainingJob:
-    """Queue a failed or cancelled job again, as a new attempt with the same config."""
+    """Queue a failed or cancelled job again, as a new attempt with the same config.
+
+    A job is retried once: a second request (a double click, another tab) is refused with the
+    attempt that already exists, which is the one to retry if it fails too.
+    """
     if job.status not in (Status.FAILED, Status.CANCELLED):
         raise JobStateError(f"job #{job.pk} is {job.status}; only failed or cancelled jobs retry")
     with transaction.atomic():
+        TrainingJob.objects.select_for_update().only("pk").get(pk=job.pk)  # one retry at a time
+        earlier = job.retries.order_by("pk").first()
+        if earlier is not None:
+            raise JobStateError(f"job #{job.pk} was already retried as job #{earlier.pk} "
+                                f"(attempt {earlier.attempt})")
         new = TrainingJob.objects.create(
             owner=job.owner, dataset=job.dataset, config=job.config, preset=job.preset,
             name=job.name, total_epochs=job.total_epochs, attempt=job.attempt + 1, retry_of=job,
@@ -252,15 +284,20 @@ class _JobHooks:
     def _cancel_requested(self) -> bool:
         return TrainingJob.objects.filter(pk=self.job_id, cancel_requested=True).exists()
 
-    def on_train_begin(self, *, total_epochs: int, resumed_from_epoch: int) -> None:
+    def on_train_begin(self, *, total_epochs: int, resumed_from_epoch: int, device: str) -> None:
         self._trace(f"training from epoch {resumed_from_epoch + 1} of {total_epochs}")
-        self._beat(total_epochs=total_epochs, current_epoch=resumed_from_epoch)
+        # The device is shown while the job runs, and kept if it fails.
+        self._beat(total_epochs=total_epochs, current_epoch=resumed_from_epoch,
+                   **({"device": device} if device else {}))
         if resumed_from_epoch:
             self.log(f"resuming after epoch {resumed_from_epoch}")
 
-    def on_batch_end(self, *, epoch: int, batch: int, total_batches: int) -> None:
+    def _beat_if_due(self, **fields) -> None:
         if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
-            self._beat(batch_progress=batch / max(total_batches, 1))
+            self._beat(**fields)
+
+    def on_batch_end(self, *, epoch: int, batch: int, total_batches: int) -> None:
+        self._beat_if_due(batch_progress=batch / max(total_batches, 1))
 
     def on_epoch_end(self, *, epoch: int, total_epochs: int, metrics: dict) -> None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
@@ -286,9 +323,11 @@ class _JobHooks:
             self._database_unavailable(exc)
 
     def should_stop(self) -> bool:
-        if time.monotonic() - self._last_beat >= HEARTBEAT_SECONDS:
-            self._beat()
+        self._beat_if_due()
         return self._cancel
+
+    def alive(self) -> None:
+        self._beat_if_due()
 
     def log(self, message: str) -> None:
         self._trace(message)
@@ -389,7 +428,9 @@ def training_job_run(
     except Exception as exc:
         logger.exception("training job %s failed", job_id)
         error = f"{type(exc).__name__}: {exc}"
-        _finish(job_id, token, status=Status.FAILED, error=error, log=f"failed: {error}")
+        if _finish(job_id, token, status=Status.FAILED, error=error, log=f"failed: {error}"):
+            # A retry is a new job that starts afresh: nothing will resume from these.
+            shutil.rmtree(workdir, ignore_errors=True)
         return "failed"
     retry_through_outage(
         lambda: TrainingJob.objects.filter(pk=job_id).update(device=result.device),

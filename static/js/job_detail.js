@@ -40,7 +40,8 @@
     document.querySelector("#job-progress .label").textContent = pct + "%";
     $("job-error").textContent = job.error || "";
     $("cancel-form").hidden = !ACTIVE.includes(job.status);
-    $("retry-form").hidden = !["failed", "cancelled"].includes(job.status);
+    const retry = $("retry-form");  // absent once the job was retried
+    if (retry) retry.hidden = job.retried_as != null || !["failed", "cancelled"].includes(job.status);
     // The page renders the model's name and test accuracy; keep them when it already has.
     if (job.model_version && !$("job-model").textContent.trim()) {
       $("job-model").textContent = "Model registered (id " + job.model_version + ").";

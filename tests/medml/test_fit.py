@@ -54,8 +54,9 @@ class RecordingHooks(TrainingHooks):
         self.batches = []
         self.messages = []
 
-    def on_train_begin(self, *, total_epochs, resumed_from_epoch):
+    def on_train_begin(self, *, total_epochs, resumed_from_epoch, device):
         self.begins.append({"total_epochs": total_epochs, "resumed_from_epoch": resumed_from_epoch})
+        self.device = device
 
     def on_epoch_end(self, *, epoch, total_epochs, metrics):
         self.epochs.append(metrics)

@@ -208,6 +208,39 @@ def test_retrying_a_failed_job_creates_the_next_attempt(api, owner,
     assert body["attempt"] == 2 and body["retry_of"] == job.pk and body["status"] == "queued"
 
 
+def test_a_job_is_retried_once_and_then_points_to_its_retry(api, owner,
+                                                            django_capture_on_commit_callbacks):
+    job = job_of(owner)
+    TrainingJob.objects.filter(pk=job.pk).update(status=Status.FAILED)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        first = api.post(f"{JOBS}{job.pk}/retry/")
+        second = api.post(f"{JOBS}{job.pk}/retry/")  # a double click
+    assert first.status_code == 201 and len(callbacks) == 1
+    retry_id = first.json()["id"]
+    assert second.status_code == 409
+    assert f"already retried as job #{retry_id}" in second.json()["detail"]
+    assert TrainingJob.objects.count() == 2
+    assert api.get(f"{JOBS}{job.pk}/").json()["retried_as"] == retry_id
+    listed = {row["id"]: row["retried_as"] for row in api.get(JOBS).json()["results"]}
+    assert listed == {job.pk: retry_id, retry_id: None}
+
+
+def test_a_config_the_dataset_cannot_train_is_refused_before_queueing(
+        api, owner, django_capture_on_commit_callbacks):
+    # No validation image of the third class: validation AUC cannot be computed.
+    dataset = DatasetFactory(owner=owner, class_counts={"train": [5, 5, 5], "val": [3, 3, 0],
+                                                        "test": [2, 2, 2]})
+    response = launch(api, django_capture_on_commit_callbacks, dataset=dataset.pk,
+                      preset="strong_breast")
+    assert response.status_code == 400
+    assert "no validation image of" in response.json()["config"]["monitor"][0]
+    response = launch(api, django_capture_on_commit_callbacks, dataset=dataset.pk,
+                      preset="smoke", config={"seed": 2**31 - 1, "ensemble_size": 2})
+    assert response.status_code == 400
+    assert "must be at most 2147483646" in response.json()["config"]["seed"][0]
+    assert not TrainingJob.objects.exists()
+
+
 def test_retrying_a_running_job_is_a_conflict(api, owner):
     job = job_of(owner)
     TrainingJob.objects.filter(pk=job.pk).update(status=Status.RUNNING)

@@ -197,6 +197,15 @@ def test_the_retry_button_queues_the_next_attempt_and_opens_it(
     page = browser_client.get(response.url)
     assert f"Queued job #{new.pk} (attempt 2)." in messages_on(page)
     assertContains(page, f'retry of <a href="/jobs/{job.pk}/">#{job.pk}</a>')
+    # The retried job now links to its retry instead of offering a second one.
+    for url in (f"/jobs/{job.pk}/", "/jobs/"):
+        listed = browser_client.get(url)
+        assertContains(listed, f'<a href="/jobs/{new.pk}/"')
+        assertNotContains(listed, f'action="/jobs/{job.pk}/retry/"')
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        again = browser_client.post(f"/jobs/{job.pk}/retry/", follow=True)
+    assert not callbacks and TrainingJob.objects.count() == 2
+    assert f"already retried as job #{new.pk}" in messages_on(again)[0]
 
 
 def test_retrying_a_succeeded_job_shows_why_it_cannot(browser_client, owner, dataset):

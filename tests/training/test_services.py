@@ -279,6 +279,45 @@ def test_a_job_whose_training_raises_ends_failed_with_the_error(new_job, monkeyp
     assert not ModelVersion.objects.exists()
 
 
+@pytest.mark.slow
+def test_a_failed_run_keeps_its_device_and_leaves_no_checkpoints(new_job, monkeypatch):
+    import medml.fit
+
+    def broken(model, data, config, hooks):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(medml.fit, "_test_metrics", broken)
+    job = new_job(epochs=1)
+    assert services.training_job_run(job_id=job.pk) == "failed"
+    job.refresh_from_db()
+    assert job.status == Status.FAILED and job.error == "RuntimeError: evaluation broke"
+    assert job.device.startswith("CPU")  # recorded when training began
+    assert not services.job_workdir(job.pk).exists()  # a retry starts afresh: nothing to keep
+
+
+@pytest.mark.slow
+def test_a_job_being_evaluated_shows_its_device_and_keeps_its_heartbeat(new_job, monkeypatch):
+    import medml.fit
+
+    monkeypatch.setattr(services, "HEARTBEAT_SECONDS", 0.0)
+    real = medml.fit._test_metrics
+    seen = {}
+
+    def evaluate(model, data, config, hooks):
+        row = TrainingJob.objects.get(pk=job.pk)
+        seen["device"] = row.device
+        metrics = real(model, data, config, hooks)
+        # Predicting the test split beats, so a long evaluation is not taken for a dead worker.
+        seen["beat"] = TrainingJob.objects.get(pk=job.pk).heartbeat_at > row.heartbeat_at
+        return metrics
+
+    monkeypatch.setattr(medml.fit, "_test_metrics", evaluate)
+    job = new_job(epochs=1)
+    assert services.training_job_run(job_id=job.pk) == "succeeded"
+    job.refresh_from_db()
+    assert seen == {"device": job.device, "beat": True} and job.device.startswith("CPU")
+
+
 # --- cancelling ----------------------------------------------------------------------------------
 
 
@@ -350,6 +389,17 @@ def test_retrying_a_failed_or_cancelled_job_queues_attempt_two(
     assert retry.attempt == 2 and retry.retry_of == job
     assert retry.config == job.config and retry.total_epochs == 3
     assert retry.error == "" and retry.deliveries == 0
+
+
+def test_a_job_is_retried_only_once(new_job, django_capture_on_commit_callbacks):
+    job = new_job()
+    TrainingJob.objects.filter(pk=job.pk).update(status=Status.FAILED)
+    job.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        retry = services.training_job_retry(job=job)
+        with pytest.raises(services.JobStateError, match=f"already retried as job #{retry.pk}"):
+            services.training_job_retry(job=job)
+    assert len(callbacks) == 1 and TrainingJob.objects.count() == 2
 
 
 @pytest.mark.parametrize("status", [Status.QUEUED, Status.RUNNING, Status.SUCCEEDED])

@@ -12,6 +12,8 @@ class TrainingJobSerializer(serializers.ModelSerializer):
     progress = serializers.FloatField(read_only=True)
     duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
     model_version = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
+    retried_as = serializers.SerializerMethodField(
+        help_text="The id of the job that retried this one (a job is retried once), or null.")
 
     class Meta:
         model = TrainingJob
@@ -20,9 +22,14 @@ class TrainingJobSerializer(serializers.ModelSerializer):
             "attempt", "retry_of", "cancel_requested", "current_epoch", "total_epochs",
             "batch_progress", "progress", "history", "log", "device", "worker_host",
             "heartbeat_at", "deliveries", "created_at", "started_at", "finished_at",
-            "duration_seconds", "error", "manifest", "model_version",
+            "duration_seconds", "error", "manifest", "model_version", "retried_as",
         ]
         read_only_fields = fields
+
+    def get_retried_as(self, job) -> int | None:
+        if hasattr(job, "retried_as"):  # annotated by training.selectors
+            return job.retried_as
+        return job.retries.order_by("pk").values_list("pk", flat=True).first()
 
 
 class TrainingJobCreateSerializer(serializers.Serializer):
