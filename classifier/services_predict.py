@@ -64,6 +64,14 @@ def prediction_limits() -> dict[str, int]:
     }
 
 
+def low_confidence() -> float:
+    """Answers whose predicted class has a lower probability carry a warning (settings, or
+    :data:`medml.infer.LOW_CONFIDENCE`)."""
+    from medml import infer
+
+    return float(getattr(settings, "PREDICTION_LOW_CONFIDENCE", infer.LOW_CONFIDENCE))
+
+
 def model_cache_dir() -> Path:
     """Where verified local copies of model artifacts are kept."""
     configured = getattr(settings, "MODEL_CACHE_DIR", None)
@@ -237,6 +245,8 @@ def prediction_create(
     checked = _check_uploads(files, model_version)
     checking_seconds = time.perf_counter() - started
 
+    from medml.infer import answer_warnings
+
     # One-off per process: loading the model and the training statistics is not request latency.
     predictor = predictor_for(model_version)
     explainer = _explainer_for(predictor) if explain else None
@@ -244,25 +254,30 @@ def prediction_create(
 
     started = time.perf_counter()
     arrays = np.stack([item.array for item in checked])
+    threshold = model_version.decision_threshold
+    view_predictions = None
     if tta or model_version.uses_tta:
         result = predictor.predict_tta(arrays)
         probabilities, spreads = result.probabilities, result.spread.tolist()
+        view_predictions = np.stack([predicted_indices(view, threshold) for view in result.views])
     else:
         probabilities, spreads = predictor.predict(arrays), [None] * len(checked)
-    threshold = model_version.decision_threshold
     predicted = [predicted_index(row, threshold) for row in probabilities]
     overlays = _gradcam_pngs(explainer, arrays, predicted)
+    class_names = list(model_version.dataset.class_names)
     unusual = stats.warnings(arrays)
+    about_answers = answer_warnings(probabilities, np.array(predicted), class_names,
+                                          min_confidence=low_confidence(),
+                                          view_predictions=view_predictions)
     latency_ms = 1000 * (checking_seconds + time.perf_counter() - started)
 
-    class_names = list(model_version.dataset.class_names)
     stored: list[str] = []
     predictions: list[Prediction] = []
     try:
         with transaction.atomic():
-            for item, row, index, spread, extra, overlay_png in zip(
+            for i, (item, row, index, spread, extra, overlay_png) in enumerate(zip(
                 checked, probabilities, predicted, spreads, unusual, overlays, strict=True
-            ):
+            )):
                 extension = medml_images.FORMAT_EXTENSIONS[item.image_format]
                 stored_name = default_storage.save(
                     f"uploads/{uuid.uuid4().hex}{extension}", ContentFile(item.data)
@@ -278,7 +293,7 @@ def prediction_create(
                     predicted_index=index,
                     predicted_label=class_names[index],
                     probabilities={name: float(p) for name, p in zip(class_names, row, strict=True)},
-                    warnings=item.warnings + extra,
+                    warnings=item.warnings + extra + about_answers.get(i, []),
                     latency_ms=round(latency_ms, 3),
                     uncertainty=spread,
                 )

@@ -41,6 +41,8 @@ PREDICTOR_CACHE_SIZE = 4
 INTENSITY_Z_THRESHOLD = 4.0
 # Test-time augmentation views: the image, mirrored left-right, mirrored top-bottom.
 TTA_VIEWS = ("identity", "flip_left_right", "flip_up_down")
+# Below this probability of its predicted class, an answer is reported as uncertain.
+LOW_CONFIDENCE = 0.6
 # ONNX Runtime must reproduce Keras to this absolute difference in every probability.
 ONNX_PARITY_TOLERANCE = 1e-4
 ONNX_OPSET = 17
@@ -81,10 +83,53 @@ class TTAResult:
         probabilities: ``(N, num_classes)`` mean over the views.
         spread: ``(N,)`` standard deviation, across the views, of the probability of each image's
             predicted class: 0 when every view agrees, larger when the model is unsure.
+        views: ``(views, N, num_classes)`` each view's own probabilities, in :data:`TTA_VIEWS`
+            order.
     """
 
     probabilities: np.ndarray
     spread: np.ndarray
+    views: np.ndarray
+
+
+def answer_warnings(probabilities: np.ndarray, predicted: np.ndarray, class_names: list[str], *,
+                    min_confidence: float = LOW_CONFIDENCE,
+                    view_predictions: np.ndarray | None = None) -> dict[int, list[str]]:
+    """Warnings about the answers themselves, by row: a predicted class whose probability is
+    below ``min_confidence``, and test-time augmentation views that predict another class.
+
+    Args:
+        probabilities: ``(N, num_classes)`` the probabilities answered.
+        predicted: ``(N,)`` the class answered for each row (which a decision threshold may have
+            chosen, so not always the most probable one).
+        class_names: Names of the classes, for the messages.
+        view_predictions: ``(views, N)`` the class each test-time augmentation view predicts on
+            its own (:data:`TTA_VIEWS` order), or ``None`` without test-time augmentation.
+
+    Returns:
+        Row index -> messages, for the rows that have any.
+    """
+    probabilities, predicted = np.asarray(probabilities), np.asarray(predicted, dtype=np.int64)
+    chosen = probabilities[np.arange(len(predicted)), predicted]
+    flagged = chosen < min_confidence
+    if view_predictions is not None:
+        view_predictions = np.asarray(view_predictions)
+        flagged |= (view_predictions != predicted).any(axis=0)
+    out: dict[int, list[str]] = {}
+    for i in np.flatnonzero(flagged).tolist():
+        index, notes = int(predicted[i]), []
+        if chosen[i] < min_confidence:
+            notes.append(f"low confidence: {class_names[index]} has a probability of "
+                         f"{chosen[i]:.2f}, below {min_confidence:.2f}")
+        if view_predictions is not None:
+            others = [int(v) for v in view_predictions[:, i] if v != index]
+            if others:
+                named = ", ".join(class_names[v] for v in sorted(set(others)))
+                notes.append(f"test-time augmentation disagrees: {len(others)} of "
+                             f"{len(view_predictions)} views (the image and its mirror images) "
+                             f"predict {named}")
+        out[i] = notes
+    return out
 
 
 class OnnxUnavailableError(RuntimeError):
@@ -258,13 +303,15 @@ class Predictor:
         images = self._checked(images)
         if len(images) == 0:
             empty = np.zeros((0, self.num_classes), dtype=np.float32)
-            return TTAResult(empty, np.zeros((0,), dtype=np.float32))
+            return TTAResult(empty, np.zeros((0,), dtype=np.float32),
+                             np.zeros((len(TTA_VIEWS), 0, self.num_classes), dtype=np.float32))
         stacked = np.concatenate([images, images[:, :, ::-1], images[:, ::-1]])  # as TTA_VIEWS
         views = self._run(stacked).reshape(len(TTA_VIEWS), len(images), self.num_classes)
         mean = views.mean(axis=0)
         predicted = mean.argmax(axis=1)
         chosen = views[:, np.arange(len(images)), predicted]  # (views, N)
-        return TTAResult(mean.astype(np.float32), chosen.std(axis=0).astype(np.float32))
+        return TTAResult(mean.astype(np.float32), chosen.std(axis=0).astype(np.float32),
+                         views.astype(np.float32))
 
     @property
     def explainer(self):

@@ -163,6 +163,8 @@ MODEL_CACHE_DIR = Path(env("MODEL_CACHE_DIR", default=str(VAR_DIR / "model-cache
 # CPU threads of one ONNX Runtime call: a web request classifies a few images, and the web
 # server already runs one process per core, so 1. Batch jobs in workers use every core.
 PREDICTION_THREADS = env.int("PREDICTION_THREADS", default=1)
+# An answer whose predicted class has a lower probability carries a "low confidence" warning.
+PREDICTION_LOW_CONFIDENCE = env.float("PREDICTION_LOW_CONFIDENCE", default=0.6)
 # Tokens and models read by API requests stay this long in the shared cache at most (they are
 # dropped at once when changed through the ORM; see medplatform/rowcache.py). 0: no caching.
 ROW_CACHE_SECONDS = env.int("ROW_CACHE_SECONDS", default=60)

@@ -146,6 +146,8 @@ def inference_job_run(*, job_id: int) -> str:
     mine = InferenceJob.objects.filter(pk=job_id, claim_token=token, status=Status.RUNNING)
     started = time.perf_counter()
     try:
+        from medml.infer import TTA_VIEWS, answer_warnings  # TensorFlow: workers only
+
         model = job.model_version
         class_names = list(model.dataset.class_names)
         if job.source == InferenceJob.Source.DATASET:
@@ -164,18 +166,31 @@ def inference_job_run(*, job_id: int) -> str:
         predictor = services_predict.predictor_for(model, threads=0)
         # A model evaluated with test-time augmentation is served the same way.
         tta = model.uses_tta
+        threshold = model.decision_threshold
         probs = np.empty((len(batch), len(class_names)), dtype=np.float32)
+        view_predictions = np.empty((len(TTA_VIEWS), len(batch)), dtype=np.int64) if tta else None
         last_beat = 0.0
         for start in range(0, len(batch), BATCH_SIZE):
             stop = min(start + BATCH_SIZE, len(batch))
             images = batch.images[start:stop]
-            probs[start:stop] = (predictor.predict_tta(images).probabilities if tta
-                                 else predictor.predict(images))
+            if tta:
+                result = predictor.predict_tta(images)
+                probs[start:stop] = result.probabilities
+                for v, view in enumerate(result.views):
+                    view_predictions[v, start:stop] = services_predict.predicted_indices(
+                        view, threshold)
+            else:
+                probs[start:stop] = predictor.predict(images)
             if time.monotonic() - last_beat > 1.0 or stop == len(batch):
                 if not mine.update(done=stop, heartbeat_at=timezone.now()):
                     return "lost the job"
                 last_beat = time.monotonic()
-        predicted = services_predict.predicted_indices(probs, model.decision_threshold)
+        predicted = services_predict.predicted_indices(probs, threshold)
+        # The single-image answers' warnings about the answer itself, in the rows of the JSON.
+        for i, notes in answer_warnings(probs, predicted, class_names,
+                                        min_confidence=services_predict.low_confidence(),
+                                        view_predictions=view_predictions).items():
+            batch.warnings.setdefault(batch.names[i], []).extend(notes)
         csv_bytes, json_bytes = medml_batch.write_results(batch, probs, predicted, class_names)
         report = {}
         if batch.labels is not None:

@@ -175,7 +175,11 @@ def test_a_dataset_image_uploaded_as_png_is_classified_exactly_like_its_array(
     keras_probabilities = reference_model(image[np.newaxis], training=False).numpy()[0]
     np.testing.assert_allclose(expected, keras_probabilities, atol=infer.ONNX_PARITY_TOLERANCE)
     assert result["predicted_index"] == int(np.argmax(expected))
-    assert result["warnings"] == []
+    # Nothing about the image; about the answer, only whether this tiny model is unsure.
+    top = int(np.argmax(expected))
+    assert result["warnings"] == ([] if expected[top] >= 0.6 else [
+        f"low confidence: {TINY_CLASS_NAMES[top]} has a probability of {expected[top]:.2f}, "
+        "below 0.60"])
 
 
 def test_several_images_are_classified_in_one_request_in_upload_order(
@@ -232,6 +236,41 @@ def test_test_time_augmentation_reports_an_uncertainty(client, model, dataset_ar
     assert isinstance(result["uncertainty"], float)
     assert 0 <= result["uncertainty"] <= 1
     assert Prediction.objects.get().uncertainty == result["uncertainty"]
+
+
+def test_answers_that_are_unsure_or_change_under_mirroring_carry_warnings(
+        client, model, dataset_arrays, monkeypatch, settings):
+    # The views of test-time augmentation: the image and its two mirror images.
+    views = np.array([[[0.50, 0.30, 0.20]], [[0.20, 0.70, 0.10]], [[0.80, 0.10, 0.10]]],
+                     dtype=np.float32)
+    monkeypatch.setattr(infer.Predictor, "predict_tta", lambda self, images: infer.TTAResult(
+        views.mean(axis=0), np.array([0.25], dtype=np.float32), views))
+    [result] = post(client, [png(dataset_arrays["test_images"][1])], model=model.pk,
+                    tta="true").json()
+    assert result["predicted_label"] == "adenoma"  # mean 0.5, 0.367, 0.133
+    assert result["warnings"] == [
+        "low confidence: adenoma has a probability of 0.50, below 0.60",
+        "test-time augmentation disagrees: 1 of 3 views (the image and its mirror images) "
+        "predict carcinoma"]
+    assert Prediction.objects.get().warnings == result["warnings"]
+
+    settings.PREDICTION_LOW_CONFIDENCE = 0.5  # the floor is a setting
+    [result] = post(client, [png(dataset_arrays["test_images"][1])], model=model.pk,
+                    tta="true").json()
+    assert [w.split(":")[0] for w in result["warnings"]] == ["test-time augmentation disagrees"]
+
+
+def test_answer_warnings_follow_the_answered_class_not_the_most_probable_one():
+    names = ["malignant", "benign"]
+    probabilities = np.array([[0.7, 0.3], [0.95, 0.05], [0.2, 0.8]])
+    # A decision threshold of 0.25 on class 1 answers "benign" for the first row.
+    predicted = np.array([1, 0, 1])
+    views = np.array([[1, 0, 1], [1, 0, 1], [1, 0, 0]])
+    assert infer.answer_warnings(probabilities, predicted, names, view_predictions=views) == {
+        0: ["low confidence: benign has a probability of 0.30, below 0.60"],
+        2: ["test-time augmentation disagrees: 1 of 3 views (the image and its mirror images) "
+            "predict malignant"]}
+    assert infer.answer_warnings(probabilities, predicted, names, min_confidence=0.1) == {}
 
 
 def test_a_model_trained_with_test_time_augmentation_always_serves_with_it(

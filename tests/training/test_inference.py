@@ -178,6 +178,13 @@ def test_a_job_on_the_test_split_succeeds_with_a_prediction_per_image_and_a_repo
     results = json.loads(job.results_json.read())
     assert len(results) == 12
     assert results[0]["true_label"] == CLASS_NAMES[labels[0]]
+    # Answers below the confidence floor say so, as single predictions do.
+    top = reference_probabilities.max(axis=1)
+    assert [bool(row.get("warnings")) for row in results] == (top < 0.6).tolist()
+    for row, p in zip(results, top, strict=True):
+        if p < 0.6:
+            assert row["warnings"] == [f"low confidence: {row['predicted_label']} has a "
+                                       f"probability of {p:.2f}, below 0.60"]
 
 
 def test_running_a_finished_job_again_changes_nothing(owner, model, dataset,
