@@ -163,10 +163,8 @@ def read_zip(
         if sum(m.file_size for m in members) > limits.max_total_bytes:
             raise BatchInputError(f"archive expands past the limit of {limits.max_total_bytes} bytes")
         members.sort(key=lambda m: m.filename)
-        tops = {PurePosixPath(m.filename).parts[0] for m in members}
-        labelled = all(len(PurePosixPath(m.filename).parts) > 1 for m in members) and \
-            tops <= set(class_names)
-        arrays, names, labels, notes = [], [], [], {}
+        labels = _folder_labels([m.filename for m in members], class_names)
+        arrays, names, notes = [], [], {}
         for done, info in enumerate(members, start=1):
             try:
                 image = images.decode_upload(archive.read(info), max_pixels=limits.max_image_pixels,
@@ -180,13 +178,24 @@ def read_zip(
             names.append(info.filename)
             if warn:
                 notes[info.filename] = warn
-            if labelled:
-                labels.append(class_names.index(PurePosixPath(info.filename).parts[0]))
             if progress and (done % 64 == 0 or done == len(members)):
                 progress(done, len(members))
     return BatchInput(images=np.stack(arrays), names=names,
-                      labels=np.asarray(labels, dtype=np.int64) if labelled else None,
+                      labels=None if labels is None else np.asarray(labels, dtype=np.int64),
                       warnings=notes)
+
+
+def _folder_labels(names: list[str], class_names: list[str]) -> list[int] | None:
+    """Each member's class index when every image sits in a folder named after a class
+    (``<class>/<file>``), under any single folders that wrap everything (what zipping a folder
+    produces); ``None`` when the archive is not laid out so."""
+    paths = [PurePosixPath(name).parts for name in names]
+    while (all(len(parts) > 2 for parts in paths) and len({parts[0] for parts in paths}) == 1
+           and paths[0][0] not in class_names):
+        paths = [parts[1:] for parts in paths]
+    if all(len(parts) > 1 for parts in paths) and {parts[0] for parts in paths} <= set(class_names):
+        return [class_names.index(parts[0]) for parts in paths]
+    return None
 
 
 def write_results(

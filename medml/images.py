@@ -349,11 +349,12 @@ def to_model_input(
     else:
         array = np.asarray(image, dtype=np.uint8)
         if array.ndim == 2:
-            notes.append(
-                "a grayscale image was given to a colour model; its channel was repeated to RGB "
-                "and the model never saw such images in training"
-            )
             array = np.repeat(array[..., np.newaxis], 3, axis=-1)
+        if not is_colour:  # a grayscale file, or grey pixels saved as RGB: the same to the model
+            notes.append(
+                "a grayscale image was given to a colour model, which never saw such images in "
+                "training"
+            )
     return np.ascontiguousarray(array), notes
 
 

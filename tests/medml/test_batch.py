@@ -168,8 +168,18 @@ def test_folders_named_after_the_classes_give_the_labels():
     np.testing.assert_array_equal(batch.images, images[[1, 0, 2]])
 
 
+def test_class_folders_inside_the_folder_that_was_zipped_give_the_labels():
+    images = random_images(3)
+    batch = load_zip(zip_file({"clinic/week 2/normal/1.png": png(images[0]),
+                               "clinic/week 2/adenoma/2.png": png(images[1]),
+                               "clinic/week 2/normal/3.png": png(images[2])}))
+    np.testing.assert_array_equal(batch.labels, [0, 2, 2])
+    assert batch.names[0] == "clinic/week 2/adenoma/2.png"  # names stay as in the archive
+
+
 @pytest.mark.parametrize("names", [
     ["normal/1.png", "2.png"],  # one image outside any folder
+    ["clinic/normal/1.png", "other/adenoma/2.png"],  # two top folders: neither wraps it all
     ["normal/1.png", "polyp/2.png"],  # a folder that is no class
 ])
 def test_a_zip_whose_folders_are_not_all_class_names_is_unlabelled(names):

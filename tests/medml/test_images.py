@@ -199,6 +199,15 @@ def test_a_grayscale_image_for_a_colour_model_is_repeated_to_rgb_with_a_warning(
     assert len(warnings) == 1 and "grayscale image was given to a colour model" in warnings[0]
 
 
+def test_grey_pixels_saved_as_rgb_for_a_colour_model_get_the_same_warning():
+    gray = random_image((28, 28))
+    array, warnings = model_input(encode(np.stack([gray] * 3, axis=-1)), channels=3)
+    np.testing.assert_array_equal(array, np.stack([gray] * 3, axis=-1))
+    assert len(warnings) == 1 and "grayscale image was given to a colour model" in warnings[0]
+    _, warnings = model_input(encode(random_image((28, 28, 3))), channels=3)
+    assert warnings == []
+
+
 def test_a_16_bit_grayscale_image_is_scaled_to_8_bits():
     deep = np.array([[0, 65535], [32896, 1028]], dtype=np.uint16).repeat(14, 0).repeat(14, 1)
     array, _ = model_input(encode(deep), channels=1)
