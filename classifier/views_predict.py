@@ -11,16 +11,22 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from classifier import selectors, services_predict
+from classifier.models import Dataset, Prediction
 
 
 def _model_groups(user) -> list[dict]:
-    """Visible models grouped by dataset, each group with the dataset's default model."""
+    """Visible models grouped by dataset, each group with the dataset's default model.
+
+    A public model may belong to a dataset the user cannot see: its group lists it, with no
+    default to offer, since the API takes a dataset only from those the user can see.
+    """
     groups: dict[int, dict] = {}
     models = selectors.model_versions_visible_to(user=user).order_by(
         "dataset__name", "dataset_id", "name", "-version"
@@ -28,8 +34,11 @@ def _model_groups(user) -> list[dict]:
     for model in models:
         group = groups.setdefault(model.dataset_id, {"dataset": model.dataset, "models": []})
         group["models"].append(model)
-    for group in groups.values():
-        group["default"] = selectors.default_model_for(dataset=group["dataset"], user=user)
+    visible = set(selectors.datasets_visible_to(user=user).filter(pk__in=groups)
+                  .values_list("pk", flat=True))
+    for pk, group in groups.items():
+        group["default"] = (selectors.default_model_for(dataset=group["dataset"], user=user)
+                            if pk in visible else None)
     return list(groups.values())
 
 
@@ -55,19 +64,26 @@ class PredictionFilterForm(forms.Form):
         super().__init__(*args, **kwargs)
         models = selectors.model_versions_visible_to(user=user).order_by("name", "-version")
         self.fields["model"].choices = [("", "any model")] + [(m.pk, str(m)) for m in models]
-        datasets = selectors.datasets_visible_to(user=user)
+        # The datasets of the models you can use, which a public model's may not be among those
+        # you can see.
+        datasets = Dataset.objects.filter(
+            Q(pk__in=models.values("dataset")) | Q(pk__in=selectors.datasets_visible_to(user=user))
+        ).order_by("name")
         self.fields["dataset"].choices = [("", "any dataset")] + [(d.pk, d.name) for d in datasets]
 
 
 @login_required
 def prediction_list_page(request):
     form = PredictionFilterForm(request.GET or None, user=request.user)
-    filters = form.cleaned_data if form.is_valid() else {}
-    history = selectors.prediction_history(
-        user=request.user, model_id=filters.get("model"), dataset_id=filters.get("dataset"),
-        label=filters.get("label") or None, created_from=filters.get("created_after"),
-        created_to=filters.get("created_before"),
-    )
+    if form.is_bound and not form.is_valid():
+        history = Prediction.objects.none()  # the form says why; never everything instead
+    else:
+        filters = form.cleaned_data if form.is_bound else {}
+        history = selectors.prediction_history(
+            user=request.user, model_id=filters.get("model"), dataset_id=filters.get("dataset"),
+            label=filters.get("label") or None, created_from=filters.get("created_after"),
+            created_to=filters.get("created_before"),
+        )
     page = Paginator(history, 50).get_page(request.GET.get("page"))
     for prediction in page:
         prediction.confidence = prediction.probabilities.get(prediction.predicted_label)

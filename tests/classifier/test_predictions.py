@@ -605,6 +605,20 @@ def test_the_classify_page_groups_visible_models_by_dataset_with_a_default_each(
     assert "<script>" not in html  # no inline script under the CSP
 
 
+def test_a_public_model_of_a_dataset_you_cannot_see_is_offered_without_a_dataset_default(
+    browser_client, client, register
+):
+    stranger = UserFactory(username="tess")
+    secret = DatasetFactory(owner=stranger, name="Secret set")
+    shared = register(secret, stranger, name="shared", visibility=Visibility.PUBLIC)
+
+    html = browser_client.get(reverse("classify")).content.decode()
+    assert f'<option value="model:{shared.pk}"' in html
+    assert f'value="dataset:{secret.pk}"' not in html  # the API would refuse that dataset
+    assert post(client, [png(np.zeros((28, 28, 3), dtype=np.uint8))],
+                model=shared.pk).status_code == 201
+
+
 def test_the_history_page_shows_your_predictions_and_deletes_one(
     browser_client, history, media_root, django_capture_on_commit_callbacks
 ):
@@ -628,6 +642,22 @@ def test_the_history_page_cannot_delete_someone_elses_prediction(browser_client,
     response = browser_client.post(reverse("prediction-delete", args=[their_id]))
     assert response.status_code == 404
     assert Prediction.objects.filter(pk=their_id).exists()
+
+
+def test_the_history_page_filters_by_the_dataset_of_a_public_model_and_never_ignores_a_filter(
+    history, dataset
+):
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    stranger = Client()  # used the owner's public model; the owner's dataset stays private
+    stranger.force_login(get_user_model().objects.get(username="stan"))
+    their_row = f'data-prediction-id="{history["theirs"]["id"]}"'
+    html = stranger.get(reverse("prediction-list"), {"dataset": dataset.pk}).content.decode()
+    assert their_row in html and "errorlist" not in html
+    html = stranger.get(reverse("prediction-list"), {"model": 999999}).content.decode()
+    assert "errorlist" in html and their_row not in html
+    assert "No predictions match these filters." in html
 
 
 def test_the_history_page_filters_by_label(browser_client, history):
