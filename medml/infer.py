@@ -325,23 +325,43 @@ class Predictor:
 
 
 class _PredictorCache:
+    """Loaded models, least recently used dropped first. A model is loaded once however many
+    threads ask for it at the same time, and loading one (seconds, for the ONNX conversion)
+    never holds up requests for models already loaded."""
+
     def __init__(self, capacity: int):
         self.capacity = capacity
         self._items: OrderedDict[tuple[str, int | None], Predictor] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held for dictionary operations only
+        self._loading: dict[tuple[str, int | None], threading.Lock] = {}
+
+    def _hit(self, key: tuple[str, int | None]) -> Predictor | None:
+        predictor = self._items.get(key)
+        if predictor is not None:
+            self._items.move_to_end(key)
+        return predictor
 
     def get(self, path: str | os.PathLike, sha256: str, threads: int | None) -> Predictor:
         key = (sha256, threads)
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            # Loading under the lock: two requests for a new model load it once, and models
-            # are loaded rarely enough that serialising the loads costs nothing noticeable.
-            predictor = Predictor.from_file(path, threads=threads)
-            self._items[key] = predictor
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            predictor = self._hit(key)
+            if predictor is not None:
+                return predictor
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # the first thread loads; the others wait for it, then find the model
+            with self._lock:
+                predictor = self._hit(key)
+            if predictor is not None:
+                return predictor
+            try:
+                predictor = Predictor.from_file(path, threads=threads)
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+            with self._lock:
+                self._items[key] = predictor
+                while len(self._items) > self.capacity:
+                    self._items.popitem(last=False)
             return predictor
 
     def peek(self, sha256: str, threads: int | None) -> Predictor | None:

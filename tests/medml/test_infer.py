@@ -103,6 +103,34 @@ def test_the_least_recently_used_model_leaves_the_cache_first(saved_models, monk
     assert get_predictor(path_a, sha_a) is not a
 
 
+def test_loading_a_model_holds_up_neither_loaded_models_nor_loads_twice(saved_models, monkeypatch):
+    import threading
+
+    (path_a, sha_a), (path_b, sha_b) = saved_models
+    b = get_predictor(path_b, sha_b)
+    real, started, release, loads = Predictor.from_file, threading.Event(), threading.Event(), []
+
+    def slow_load(path, **kwargs):  # stands for a first request converting a model to ONNX
+        loads.append(path)
+        started.set()
+        assert release.wait(10)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(Predictor, "from_file", slow_load)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(get_predictor(path_a, sha_a)))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    assert started.wait(10)
+    # While A loads, B is served at once, from either entry point.
+    assert infer.cached_predictor(sha_b) is b and get_predictor(path_b, sha_b) is b
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert loads == [path_a] and len(results) == 3 and len({id(r) for r in results}) == 1
+
+
 def test_a_loaded_model_predicts_like_the_one_that_was_saved(saved_models):
     path, sha256 = saved_models[0]
     saved = keras.models.load_model(path, compile=False)
