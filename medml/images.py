@@ -462,4 +462,13 @@ def _size_warnings(size: tuple[int, int], crop: CropSpec, width: int, height: in
             "it was shrunk to "
             f"{width}x{height}, so fine detail is lost and the framing may differ from training"
         )
+    if (crop.kind == "sized" and crop.source_size and width <= img_w and height <= img_h
+            and max(img_w / reference[0], img_h / reference[1]) < 1 / ASPECT_RATIO_TOLERANCE):
+        # Well below the source size: a source image at a lower resolution, or one already
+        # cropped (a MedMNIST+ image at 224x224, say), which cannot be told apart.
+        notes.append(
+            f"the image ({img_w}x{img_h}) is smaller than {reference_text}; it was taken for a "
+            "whole source image at a lower resolution and cropped to its centre as they were, "
+            "so an image that was already cropped lost its edges"
+        )
     return notes

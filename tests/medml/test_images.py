@@ -140,6 +140,21 @@ def test_an_image_at_the_blood_source_size_needs_no_size_warning():
     assert warnings == []
 
 
+def test_an_image_smaller_than_the_blood_crop_is_still_cropped_and_says_so():
+    # A 224x224 image may be a low-resolution source or a MedMNIST+ image already cropped.
+    image = random_image((224, 224, 3), seed=4)
+    array, warnings = model_input(encode(image), preprocessing=BLOOD)
+    box = (50, 50, 174, 173)  # 200/360 x 200/363 of it, centred
+    expected = Image.fromarray(image).crop(box).resize((28, 28), Image.Resampling.BILINEAR)
+    np.testing.assert_array_equal(array, np.asarray(expected))
+    assert warnings == [
+        "the image (224x224) is smaller than the 360x363 source images; it was taken for a "
+        "whole source image at a lower resolution and cropped to its centre as they were, so an "
+        "image that was already cropped lost its edges"]
+    _, warnings = model_input(encode(random_image((300, 302, 3))), preprocessing=BLOOD)
+    assert warnings == []  # near the source size: a source image
+
+
 def test_the_resize_filter_comes_from_the_dataset():
     source = random_image((100, 100, 3), seed=5)
     bilinear, _ = model_input(encode(source), preprocessing={"resize": "bilinear"})
