@@ -380,6 +380,12 @@ def train(
 # Ensembles
 
 
+def _ensemble_entry(entry: dict, *, member: int, offset: int) -> dict:
+    """Member ``member``'s (0-based) history entry as the ensemble's: its epoch counted after
+    the ``offset`` epochs of the members before it, and the member named (1-based)."""
+    return {**entry, "epoch": offset + entry["epoch"], "member": member + 1}
+
+
 class _MemberHooks(TrainingHooks):
     """One member's progress, reported to the job as part of the whole ensemble's epochs.
 
@@ -401,8 +407,8 @@ class _MemberHooks(TrainingHooks):
 
     def on_epoch_end(self, *, epoch: int, total_epochs: int, metrics: dict) -> None:
         self.outer.on_epoch_end(epoch=self.offset + epoch, total_epochs=self.total,
-                                metrics={**metrics, "epoch": self.offset + epoch,
-                                         "member": self.member + 1})
+                                metrics=_ensemble_entry(metrics, member=self.member,
+                                                        offset=self.offset))
 
     def on_batch_end(self, *, epoch: int, batch: int, total_batches: int) -> None:
         self.outer.on_batch_end(epoch=self.offset + epoch, batch=batch, total_batches=total_batches)
@@ -456,10 +462,8 @@ def _train_ensemble(*, config: TrainConfig, data: DatasetArrays, workdir: Path,
         began_at = size * epochs
         hooks.on_train_begin(total_epochs=size * epochs, resumed_from_epoch=began_at, device="")
 
-    offset_history = [
-        {**entry, "epoch": i * epochs + entry["epoch"], "member": i + 1}
-        for i, result in enumerate(results) for entry in result.history
-    ]
+    offset_history = [_ensemble_entry(entry, member=i, offset=i * epochs)
+                      for i, result in enumerate(results) for entry in result.history]
     last = results[-1]
     members = [
         {"seed": config.seed + i, "best_epoch": r.best_epoch, "best_metric": r.best_metric,
