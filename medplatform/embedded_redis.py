@@ -74,6 +74,9 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
+            # Out of the terminal's process group: Ctrl-C reaches the launcher, which stops the
+            # web server and the worker first and this server last, so they never lose it.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

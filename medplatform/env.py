@@ -15,9 +15,17 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 
 def var_dir() -> Path:
-    """Folder for everything the platform writes locally (SQLite, media, embedded Redis)."""
-    path = Path(env("MEDPLATFORM_VAR_DIR", default=str(BASE_DIR / "var"))).resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    """Folder for everything the platform writes locally (SQLite, media, embedded Redis).
+
+    It holds the database (sessions and API tokens among its rows), users' private uploads and
+    the secret key, so it is created readable by its owner only; the default folder is also
+    made so if it was created before with wider permissions.
+    """
+    default = BASE_DIR / "var"
+    path = Path(env("MEDPLATFORM_VAR_DIR", default=str(default))).resolve()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path == default.resolve() and path.stat().st_mode & 0o077:
+        path.chmod(0o700)
     return path
 
 

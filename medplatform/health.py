@@ -1,7 +1,15 @@
-"""``/healthz``: database, broker and worker status as JSON (503 when the platform cannot work)."""
+"""``/healthz``: database, broker and worker status as JSON (503 when the platform cannot work).
+
+Anyone may ask (load balancers, container health checks): they get each check's ``ok`` and
+timing. What the checks found (database vendor, worker names, error messages, which can name
+internal hosts) is shown to staff only. Pinging the workers waits up to a second for their
+replies, so its answer is kept for :data:`WORKERS_CHECK_SECONDS` in each web process: however
+often the endpoint is called, a process pings at most once in that time.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from django.conf import settings
@@ -44,12 +52,30 @@ def _workers() -> list[str]:
     return names
 
 
+WORKERS_CHECK_SECONDS = 5.0
+_workers_lock = threading.Lock()
+_workers_checked: tuple[float, dict] | None = None  # (when, result) of the last ping
+
+
+def _workers_check() -> dict:
+    global _workers_checked
+    with _workers_lock:  # concurrent checks wait for one ping instead of each sending theirs
+        if _workers_checked and time.monotonic() - _workers_checked[0] < WORKERS_CHECK_SECONDS:
+            return _workers_checked[1]
+        result = _timed(_workers)
+        _workers_checked = (time.monotonic(), result)
+        return result
+
+
 @never_cache
 def healthz(request):
     checks = {"database": _timed(_database), "broker": _timed(_broker)}
-    checks["workers"] = _timed(_workers) if checks["broker"]["ok"] else {
+    checks["workers"] = _workers_check() if checks["broker"]["ok"] else {
         "ok": False, "detail": "broker unreachable", "ms": 0,
     }
+    if not request.user.is_staff:
+        checks = {name: {k: v for k, v in check.items() if k != "detail"}
+                  for name, check in checks.items()}
     # Web requests work without a worker (jobs wait in the queue), so workers don't fail the check.
     healthy = checks["database"]["ok"] and checks["broker"]["ok"]
     return JsonResponse(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
+from medplatform import health
 from medplatform.celery import app as celery_app
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -15,6 +18,17 @@ def _unused_tcp_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]  # closed again on leaving, so nothing listens there
+
+
+@pytest.fixture(autouse=True)
+def fresh_worker_check(monkeypatch):
+    monkeypatch.setattr(health, "_workers_checked", None)
+
+
+@pytest.fixture
+def staff_client(client):
+    client.force_login(UserFactory(username="stan", staff=True))
+    return client
 
 
 @pytest.fixture
@@ -30,7 +44,28 @@ def dead_broker(settings):
         celery_app.conf.broker_url = previous
 
 
-def test_healthz_reports_database_and_broker_ok_without_login(client):
+def test_healthz_answers_without_login_but_shows_what_it_found_to_staff_only(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    checks = response.json()["checks"]
+    assert checks["database"]["ok"] is True and checks["broker"]["ok"] is True
+    assert all(set(check) == {"ok", "ms"} for check in checks.values())
+
+
+def test_healthz_pings_the_workers_at_most_once_in_a_few_seconds(client, monkeypatch):
+    pings = []
+    monkeypatch.setattr(celery_app.control, "ping",
+                        lambda timeout: pings.append(timeout) or [{"worker@host": "pong"}])
+    for _ in range(5):
+        assert client.get("/healthz").json()["checks"]["workers"]["ok"] is True
+    assert pings == [1.0]
+    monkeypatch.setattr(health, "_workers_checked", (time.monotonic() - 6, {}))  # 6 s later
+    client.get("/healthz")
+    assert len(pings) == 2
+
+
+def test_healthz_reports_database_and_broker_ok_to_staff(staff_client):
+    client = staff_client
     response = client.get("/healthz")
 
     assert response.status_code == 200
@@ -49,8 +84,8 @@ def test_healthz_reports_database_and_broker_ok_without_login(client):
         assert check["ms"] >= 0
 
 
-def test_healthz_is_unavailable_when_the_broker_is_unreachable(client, dead_broker):
-    response = client.get("/healthz")
+def test_healthz_is_unavailable_when_the_broker_is_unreachable(staff_client, dead_broker):
+    response = staff_client.get("/healthz")
 
     assert response.status_code == 503
     body = response.json()
