@@ -86,7 +86,15 @@ def _read_arrays(
         parsed = dataset_io.parse_medmnist_filename(Path(filename).name)
         info = dataset_io.medmnist_info(parsed[0]) if parsed else None
         names = class_names or (info["class_names"] if info else None)
-        return dataset_io.load_medmnist_npz(source, class_names=names, limits=import_limits()), info
+        arrays = dataset_io.load_medmnist_npz(source, class_names=names, limits=import_limits())
+        if class_names:  # as for a zip: each name given must be a class the images have
+            present = set(arrays.labels("train").tolist())
+            unused = [name for i, name in enumerate(arrays.class_names) if i not in present]
+            if unused:
+                raise dataset_io.DatasetFormatError(
+                    f"{len(class_names)} class names were given but the training labels have "
+                    f"no image of {', '.join(unused)}")
+        return arrays, info
     if suffix == ".zip":
         arrays = dataset_io.load_image_folder_zip(
             source, limits=import_limits(), seed=seed, image_size=image_size, progress=progress

@@ -177,6 +177,16 @@ def test_it_rejects_an_upload_over_the_configured_size_limit(alice, settings, me
     assert stored_files(media_root) == []
 
 
+def test_it_rejects_more_class_names_than_the_labels_use(alice, media_root):
+    response = upload(client_for(alice), npz_bytes(), class_names="a,b,c,d")
+
+    assert response.status_code == 400
+    assert "4 class names were given but the training labels have no image of d" in str(
+        response.json())
+    assert not Dataset.objects.exists()
+    assert stored_files(media_root) == []
+
+
 def test_it_rejects_duplicate_class_names(alice):
     response = upload(client_for(alice), npz_bytes(), class_names="a,a,b")
 
