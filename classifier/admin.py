@@ -1,11 +1,28 @@
+from collections import Counter
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.actions import delete_selected
+from django.contrib.admin.utils import model_ngettext
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import ProtectedError
 from django.shortcuts import redirect, render
-from django.urls import path
+from django.urls import path, reverse
+from django.utils.translation import gettext
 
-from classifier import services
-from classifier.models import Dataset, ModelVersion, Prediction, Visibility
+from classifier import services, services_predict, services_registry
+from classifier.models import (
+    Dataset,
+    ModelAlias,
+    ModelAliasChange,
+    ModelEvaluation,
+    ModelVersion,
+    Prediction,
+    Visibility,
+)
+from medml import dataset_io
 
 
 class DatasetUploadForm(forms.Form):
@@ -22,16 +39,109 @@ class DatasetUploadForm(forms.Form):
         return upload
 
 
+class DeleteRefused(Exception):
+    """A service refused to delete a row; the row and its files are unchanged."""
+
+
+def _still_used_by(exc: ProtectedError) -> str:
+    counts = Counter(type(row)._meta for row in exc.protected_objects)
+    used = ", ".join(f"{n} {meta.verbose_name if n == 1 else meta.verbose_name_plural}"
+                     for meta, n in counts.items())
+    return f"it is still used by {used}"
+
+
+def _delete_selected_through_services(modeladmin, request, queryset):
+    """Django's "Delete selected" action, deleting row by row through the model's service.
+
+    Unconfirmed, or with rows protected by the database, it shows Django's confirmation page. A
+    row the service refuses is kept and named in an error message; the others are deleted.
+    """
+    if not request.POST.get("post"):
+        return delete_selected(modeladmin, request, queryset)
+    _, _, perms_needed, protected = modeladmin.get_deleted_objects(queryset, request)
+    if protected:
+        return delete_selected(modeladmin, request, queryset)  # Django's "Cannot delete" page
+    if perms_needed:
+        raise PermissionDenied
+    deleted = 0
+    for row in queryset:
+        try:
+            with transaction.atomic():  # a refused row leaves no "deleted" entry in the log
+                modeladmin.log_deletions(request, [row])
+                modeladmin.delete_model(request, row)
+        except DeleteRefused as exc:
+            modeladmin.message_user(request, str(exc), messages.ERROR)
+        else:
+            deleted += 1
+    if deleted:
+        modeladmin.message_user(request, gettext("Successfully deleted %(count)d %(items)s.") % {
+            "count": deleted, "items": model_ngettext(modeladmin.opts, deleted)},
+            messages.SUCCESS)
+    return None
+
+
+class ServiceDeleteAdmin(admin.ModelAdmin):
+    """An admin whose deletes, one row or "Delete selected", go through the model's service.
+
+    The service deletes the row's stored files once the delete is committed and refuses while
+    the row is still in use; a refusal is shown as an error message and changes nothing.
+    """
+
+    #: Errors by which the service refuses a delete, with a message for the user.
+    refusals: tuple[type[Exception], ...] = ()
+
+    def delete_through_service(self, obj) -> None:
+        raise NotImplementedError
+
+    def delete_model(self, request, obj):
+        try:
+            self.delete_through_service(obj)
+        except ProtectedError as exc:
+            raise DeleteRefused(f"{obj} was not deleted: {_still_used_by(exc)}.") from exc
+        except self.refusals as exc:
+            raise DeleteRefused(f"{obj} was not deleted: {exc}.") from exc
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            for obj in queryset:
+                self.delete_model(request, obj)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except DeleteRefused as exc:  # raised inside the view's transaction: all rolled back
+            self.message_user(request, str(exc), messages.ERROR)
+            return redirect(reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+                                    args=[object_id], current_app=self.admin_site.name))
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if "delete_selected" in actions:
+            _, name, description = actions["delete_selected"]
+            actions["delete_selected"] = (_delete_selected_through_services, name, description)
+        return actions
+
+
 @admin.register(Dataset)
-class DatasetAdmin(admin.ModelAdmin):
+class DatasetAdmin(ServiceDeleteAdmin):
     list_display = ["name", "task", "channels", "image_height", "total_images", "source",
                     "owner", "is_builtin", "visibility", "created_at"]
     list_filter = ["task", "source", "is_builtin", "visibility"]
     search_fields = ["name", "slug", "sha256", "source_detail", "owner__username"]
-    readonly_fields = ["sha256", "size_bytes", "split_counts", "class_counts", "class_names",
-                       "channels", "image_height", "image_width", "data_file", "created_at"]
+    # What the import read from the file stays as read; staff edit names, texts and access.
+    readonly_fields = ["task", "sha256", "size_bytes", "split_counts", "class_counts",
+                       "class_names", "channels", "image_height", "image_width", "data_file",
+                       "source", "source_detail", "source_preprocessing", "is_builtin",
+                       "created_at"]
     actions = ["reimport_builtins"]
     change_list_template = "admin/classifier/dataset/change_list.html"
+    refusals = (services.DatasetImportError,)
+
+    def has_add_permission(self, request):
+        return False  # datasets come from a file: "Import a dataset" (or the import command)
+
+    def delete_through_service(self, obj):
+        services.dataset_delete(dataset=obj)
 
     def get_urls(self):
         extra = [path("import/", self.admin_site.admin_view(self.import_view),
@@ -73,9 +183,14 @@ class DatasetAdmin(admin.ModelAdmin):
     @admin.action(description="Re-import selected built-in datasets from the MedMNIST folder")
     def reimport_builtins(self, request, queryset):
         for dataset in queryset.filter(is_builtin=True):
-            flag = dataset.source_detail.removesuffix(".npz").split("_")[0]
+            parsed = dataset_io.parse_medmnist_filename(dataset.source_detail)
+            if parsed is None:
+                self.message_user(request, f"{dataset.name}: {dataset.source_detail} is not an "
+                                  "official MedMNIST file name.", messages.ERROR)
+                continue
+            flag, size = parsed
             try:
-                _, created = services.builtin_dataset_import(flag=flag)
+                _, created = services.builtin_dataset_import(flag=flag, size=size, download=False)
             except services.DatasetImportError as exc:
                 self.message_user(request, f"{dataset.name}: {exc}", messages.ERROR)
             else:
@@ -84,14 +199,31 @@ class DatasetAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(ServiceDeleteAdmin):
     list_display = ["name", "version", "architecture", "dataset", "owner", "test_accuracy",
                     "val_accuracy", "num_params", "train_seconds", "visibility", "created_at"]
     list_filter = ["architecture", "dataset", "visibility", "created_at"]
     search_fields = ["name", "architecture", "sha256", "owner__username", "dataset__name"]
-    readonly_fields = ["sha256", "artifact", "metrics", "val_metrics", "history", "manifest",
-                       "config", "created_at"]
+    # A registered model is immutable: staff change its owner and visibility only. Its decision
+    # threshold is chosen on the model page or through the API, where it is re-reported.
+    readonly_fields = ["name", "version", "architecture", "dataset", "sha256", "artifact",
+                       "decision_threshold", "num_params", "train_seconds", "metrics",
+                       "val_metrics", "history", "manifest", "config", "created_at"]
     list_select_related = ["dataset", "owner"]
+    refusals = (services_registry.ModelDeleteError,)
+
+    def has_add_permission(self, request):
+        return False  # models are registered by training jobs, with their verified artifact
+
+    def delete_through_service(self, obj):
+        services_registry.model_version_delete(model_version=obj)
+
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # Evaluations cannot be deleted on their own in the admin, but they are part of their
+        # model: the service deletes them, with their files, together with it.
+        perms_needed.discard(ModelEvaluation._meta.verbose_name)
+        return deleted, counts, perms_needed, protected
 
     @admin.display(description="Test acc.")
     def test_accuracy(self, obj):
@@ -105,17 +237,17 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Prediction)
-class PredictionAdmin(admin.ModelAdmin):
+class PredictionAdmin(ServiceDeleteAdmin):
     list_display = ["id", "owner", "model_version", "predicted_label", "latency_ms", "created_at"]
     list_filter = ["created_at"]
     search_fields = ["owner__username", "predicted_label", "original_name", "image_sha256"]
     list_select_related = ["owner", "model_version"]
 
+    def delete_through_service(self, obj):
+        services_predict.prediction_delete(prediction=obj)
+
 
 # --- Model registry: aliases, their audit trail, evaluations ------------------------------------
-
-from classifier import services_registry  # noqa: E402 - registry admin, kept apart from the above
-from classifier.models import ModelAlias, ModelAliasChange, ModelEvaluation  # noqa: E402
 
 
 class _ReadOnlyAdmin(admin.ModelAdmin):

@@ -190,14 +190,17 @@ def _current_evaluation(model_version: ModelVersion, split: str) -> ModelEvaluat
     return selectors_registry.model_evaluation(model_version=model_version, split=split)
 
 
-def _rereport_test(model_version: ModelVersion) -> None:
-    """Re-report the test split at the model's current threshold from its stored predictions."""
-    evaluation = _current_evaluation(model_version, "test")
+def _test_predictions(model_version: ModelVersion) -> tuple[ModelEvaluation, np.ndarray,
+                                                             np.ndarray] | None:
+    """The stored test-split predictions with their labels, for a report at another threshold;
+    the model is evaluated now when there are none (so a missing or changed artifact fails here,
+    before a threshold changes). ``None`` when the dataset has no test images."""
+    evaluation = _current_evaluation(model_version, "test") or model_version_evaluate(
+        model_version=model_version, split="test")
     if evaluation is None:
-        model_version_evaluate(model_version=model_version, split="test")
-        return
+        return None
     labels = selectors.dataset_arrays(dataset=model_version.dataset).labels("test")
-    _store_report(model_version, evaluation, evaluation_probabilities(evaluation), labels)
+    return evaluation, evaluation_probabilities(evaluation), labels
 
 
 def model_version_set_threshold(*, model_version: ModelVersion, target_sensitivity: float) -> ModelVersion:
@@ -235,26 +238,31 @@ def model_version_set_threshold(*, model_version: ModelVersion, target_sensitivi
         raise EvaluationError(str(exc)) from exc
     decision = stats.class_one_threshold(chosen["threshold"], positive)
     chosen |= {"positive_class_name": names[positive], "decision_threshold": decision}
-    with transaction.atomic():
+    test = _test_predictions(model_version)
+    with transaction.atomic():  # the threshold and the test report at it, together
         locked = ModelVersion.objects.select_for_update().get(pk=model_version.pk)
         locked.decision_threshold = decision
         locked.val_metrics = {**locked.val_metrics, "operating_point": chosen}
         locked.save(update_fields=["decision_threshold", "val_metrics"])
-    model_version.decision_threshold, model_version.val_metrics = decision, locked.val_metrics
-    _rereport_test(model_version)
+        model_version.decision_threshold, model_version.val_metrics = decision, locked.val_metrics
+        if test is not None:
+            _store_report(model_version, *test)
     return model_version
 
 
 def model_version_clear_threshold(*, model_version: ModelVersion) -> ModelVersion:
     """Go back to predicting the most probable class, and re-report the test split."""
+    rereport = model_version.metrics.get("at_threshold") or _current_evaluation(model_version,
+                                                                                "test")
+    test = _test_predictions(model_version) if rereport else None
     with transaction.atomic():
         locked = ModelVersion.objects.select_for_update().get(pk=model_version.pk)
         locked.decision_threshold = None
         locked.val_metrics = {k: v for k, v in locked.val_metrics.items() if k != "operating_point"}
         locked.save(update_fields=["decision_threshold", "val_metrics"])
-    model_version.decision_threshold, model_version.val_metrics = None, locked.val_metrics
-    if model_version.metrics.get("at_threshold") or _current_evaluation(model_version, "test"):
-        _rereport_test(model_version)
+        model_version.decision_threshold, model_version.val_metrics = None, locked.val_metrics
+        if test is not None:
+            _store_report(model_version, *test)
     return model_version
 
 
@@ -367,8 +375,13 @@ def _export_samples(labels: np.ndarray, num_classes: int, limit: int = EXPORT_SA
     return np.array(sorted(chosen), dtype=np.int64)
 
 
-def model_version_export(*, model_version: ModelVersion) -> Path:
+def model_version_export(*, model_version: ModelVersion, with_dataset_samples: bool = True) -> Path:
     """A verified export bundle (zip) of the model; built once per model and model card.
+
+    The bundle's test inputs are a few images of the model's dataset, one or more per class,
+    with their labels. A public model may belong to a dataset its user cannot see: with
+    ``with_dataset_samples=False`` the inputs are seeded noise images instead, without labels,
+    so the bundle holds nothing of the dataset. The parity checks run on them the same way.
 
     Raises:
         medml.export.ExportParityError: when an exported format disagrees with Keras.
@@ -381,21 +394,29 @@ def model_version_export(*, model_version: ModelVersion) -> Path:
         f"{export.BUNDLE_FORMAT}|{export.onnx_available()}|{card}".encode()
     ).hexdigest()[:12]
     folder = Path(settings.WORK_DIR) / "exports"
-    out = folder / f"{model_version.sha256[:16]}-{key}.zip"
+    variant = f"{model_version.sha256[:16]}-{'samples' if with_dataset_samples else 'noise'}"
+    out = folder / f"{variant}-{key}.zip"
     if out.exists():
         return out
     dataset = model_version.dataset
-    arrays = selectors.dataset_arrays(dataset=dataset)
-    split = next(s for s in ("test", "val", "train") if s in arrays.splits and len(arrays.labels(s)))
-    picked = _export_samples(arrays.labels(split), dataset.num_classes)
+    if with_dataset_samples:
+        arrays = selectors.dataset_arrays(dataset=dataset)
+        split = next(s for s in ("test", "val", "train")
+                     if s in arrays.splits and len(arrays.labels(s)))
+        picked = _export_samples(arrays.labels(split), dataset.num_classes)
+        images, labels = arrays.images(split)[picked], arrays.labels(split)[picked]
+        samples_from = f"{dataset.name} {split} split, indices {picked.tolist()}"
+    else:
+        images = np.random.default_rng(0).integers(
+            0, 256, (EXPORT_SAMPLES, *dataset.image_shape), dtype=np.uint8)
+        labels, samples_from = None, "seeded noise images (the dataset is not shared)"
     path = services.model_artifact_local_path(model_version=model_version,
                                               cache_dir=model_cache_dir())
     export.export_bundle(
         model_path=path, out_path=out, model_card=card,
-        sample_images=arrays.images(split)[picked], sample_labels=arrays.labels(split)[picked],
-        class_names=list(dataset.class_names),
+        sample_images=images, sample_labels=labels, class_names=list(dataset.class_names),
         metadata={
-            "samples_from": f"{dataset.name} {split} split, indices {picked.tolist()}",
+            "samples_from": samples_from,
             "source_preprocessing": dataset.source_preprocessing,
             "decision_threshold": model_version.decision_threshold,
             "decision_rule": (
@@ -404,7 +425,87 @@ def model_version_export(*, model_version: ModelVersion) -> Path:
             ),
         },
     )
-    for stale in folder.glob(f"{model_version.sha256[:16]}-*.zip"):
+    for stale in folder.glob(f"{variant}-*.zip"):
         if stale != out:
             stale.unlink(missing_ok=True)
     return out
+
+
+# --- Deleting a model ----------------------------------------------------------------------------
+
+
+class ModelDeleteError(Exception):
+    """A model that cannot be deleted while something else still uses it; the message says what."""
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _delete_stored_files(names: list[str]) -> None:
+    for name in names:
+        try:
+            default_storage.delete(name)
+        except OSError:  # the rows are gone already; a leftover file is logged, not raised
+            logger.warning("could not delete %s from storage", name, exc_info=True)
+
+
+def _delete_local_copies(sha256: str) -> None:
+    """This host's verified copy of an artifact, its ONNX conversion and its export bundles."""
+    cache = model_cache_dir()
+    paths = [cache / f"{sha256}.keras", cache / f"{sha256}.onnx"]
+    paths += (Path(settings.WORK_DIR) / "exports").glob(f"{sha256[:16]}-*.zip")
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            logger.warning("could not delete %s", path, exc_info=True)
+
+
+def model_version_delete(*, model_version: ModelVersion) -> None:
+    """Delete a model, its evaluations and its owner's predictions made with it; once that is
+    committed, their stored files (artifact, evaluation probabilities, prediction images) and
+    this host's cached copies of the artifact (``.keras``, ``.onnx``, export bundles).
+
+    Refused while someone else still relies on the model: an alias points at it (users of its
+    dataset are served it), another user's prediction was made with it, or a batch inference
+    job ran it (deleting the model would take those rows with it and leave their files). The
+    training job that produced the model is kept; it no longer links to a model.
+
+    Raises:
+        ModelDeleteError: saying what still uses the model; nothing is changed.
+    """
+    with transaction.atomic():
+        # The lock waits for, and then holds off, rows that are being linked to the model (an
+        # alias, a prediction, a job), so none appears between the checks and the delete.
+        locked = ModelVersion.objects.select_for_update().get(pk=model_version.pk)
+        aliases = list(locked.aliases.select_related("dataset"))
+        if aliases:
+            named = ", ".join(f"'{alias.name}' of {alias.dataset}" for alias in aliases)
+            raise ModelDeleteError(
+                f"{locked} is the {named}; promote another model or roll the alias back first"
+            )
+        others = locked.predictions.exclude(owner_id=locked.owner_id).count()
+        if others:
+            raise ModelDeleteError(
+                f"other users have {_counted(others, 'prediction')} made with {locked}; "
+                "they keep their history"
+            )
+        jobs = locked.inference_jobs.count()
+        if jobs:
+            raise ModelDeleteError(
+                f"{_counted(jobs, 'batch inference job')} ran {locked}; the results would go "
+                "with it"
+            )
+        artifact, sha256 = locked.artifact.name, locked.sha256
+        files = [artifact] if artifact else []
+        files += [e.probabilities.name for e in locked.evaluations.all() if e.probabilities]
+        files += [p.image.name for p in locked.predictions.all() if p.image]
+        locked.delete()
+        if artifact and ModelVersion.objects.filter(artifact=artifact).exists():
+            files.remove(artifact)  # another model row names the same file: keep it
+        transaction.on_commit(lambda: _delete_stored_files(files))
+        # Local copies are named by content: keep them while another model has the same bytes.
+        if re.fullmatch(r"[0-9a-f]{64}", sha256) and not ModelVersion.objects.filter(
+                sha256=sha256).exists():
+            transaction.on_commit(lambda: _delete_local_copies(sha256))

@@ -79,6 +79,9 @@ def model_detail(request, pk: int):
         "binary": model.dataset.num_classes == 2,
         "has_test_predictions": selectors_registry.model_evaluation(model_version=model) is not None,
         "aliases": selectors_registry.dataset_aliases(dataset=model.dataset),
+        # Aliases may name other users' private models: those are shown unnamed.
+        "visible_ids": set(selectors.model_versions_visible_to(user=request.user)
+                           .filter(dataset=model.dataset_id).values_list("pk", flat=True)),
         "changes": selectors_registry.alias_changes(dataset=model.dataset, limit=20),
         "can_manage": selectors_registry.can_manage_model(user=request.user, model_version=model),
         "can_change_aliases": selectors_registry.can_change_aliases(user=request.user),
@@ -198,18 +201,20 @@ def model_evaluate(request, pk: int):
 @login_required
 def model_threshold(request, pk: int):
     model = _manageable(request, pk)
-    if request.POST.get("clear"):
-        services_registry.model_version_clear_threshold(model_version=model)
-        messages.success(request, f"{model} predicts the most probable class again.")
-        return _back(model)
     try:
+        if request.POST.get("clear"):
+            services_registry.model_version_clear_threshold(model_version=model)
+            messages.success(request, f"{model} predicts the most probable class again.")
+            return _back(model)
         target = float(request.POST.get("target_sensitivity", ""))
         services_registry.model_version_set_threshold(model_version=model,
                                                       target_sensitivity=target)
     except ValueError:
         messages.error(request, "Give the target sensitivity as a number between 0 and 1.")
-    except services_registry.EvaluationError as exc:
+    except (services_registry.EvaluationError, services.ArtifactIntegrityError) as exc:
         messages.error(request, str(exc))
+    except FileNotFoundError:
+        messages.error(request, f"A stored file of {model} is missing; nothing was changed.")
     else:
         messages.success(request, f"Decision threshold of {model} set to "
                                   f"{model.decision_threshold:.6g} on class 1's probability.")

@@ -37,6 +37,17 @@ class CSVRenderer(renderers.BaseRenderer):
 # --- Serializers -------------------------------------------------------------------------------------
 
 
+# What alias lists say of a model the reader may not see (another user's private model).
+PRIVATE_MODEL = "a private model"
+
+
+def _shown(serializer, model_id: int) -> bool:
+    """Whether the reader may see model ``model_id``: ``context["visible"]``, when given, holds
+    the ids they may see."""
+    visible = serializer.context.get("visible")
+    return visible is None or model_id in visible
+
+
 class AliasChangeSerializer(serializers.ModelSerializer):
     alias = serializers.CharField(source="alias.name")
     user = serializers.CharField(source="user.username", default=None)
@@ -49,7 +60,11 @@ class AliasChangeSerializer(serializers.ModelSerializer):
                   "created_at"]
 
     def _version(self, version) -> dict | None:
-        return None if version is None else {"id": version.pk, "name": str(version)}
+        if version is None:
+            return None
+        if not _shown(self, version.pk):
+            return {"id": None, "name": PRIVATE_MODEL}
+        return {"id": version.pk, "name": str(version)}
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_from_version(self, obj):
@@ -62,15 +77,18 @@ class AliasChangeSerializer(serializers.ModelSerializer):
 
 class AliasSerializer(serializers.ModelSerializer):
     dataset = serializers.IntegerField(source="dataset_id")
-    model = serializers.IntegerField(source="model_version_id")
+    model = serializers.SerializerMethodField()
     model_name = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelAlias
         fields = ["name", "dataset", "model", "model_name", "updated_at"]
 
+    def get_model(self, obj) -> int | None:
+        return obj.model_version_id if _shown(self, obj.model_version_id) else None
+
     def get_model_name(self, obj) -> str:
-        return str(obj.model_version)
+        return str(obj.model_version) if _shown(self, obj.model_version_id) else PRIVATE_MODEL
 
 
 class PromoteSerializer(serializers.Serializer):
@@ -170,12 +188,15 @@ class DatasetAliasListView(APIView):
         dataset = selectors.dataset_get_for_user(user=request.user, pk=pk)
         visible = set(selectors.model_versions_visible_to(user=request.user)
                       .filter(dataset=dataset).values_list("pk", flat=True))
+        # Other users' private models stay unnamed: "a private model", without an id.
+        context = {"visible": visible}
         aliases = [
-            {**AliasSerializer(alias).data, "visible_to_you": alias.model_version_id in visible}
+            {**AliasSerializer(alias, context=context).data,
+             "visible_to_you": alias.model_version_id in visible}
             for alias in selectors_registry.dataset_aliases(dataset=dataset)
         ]
         changes = AliasChangeSerializer(
-            selectors_registry.alias_changes(dataset=dataset), many=True
+            selectors_registry.alias_changes(dataset=dataset), many=True, context=context
         ).data
         return Response({"dataset": dataset.pk, "aliases": aliases, "changes": changes})
 
@@ -232,8 +253,12 @@ class ModelExportView(APIView):
         from medml.export import ExportParityError
 
         model = _model_for(request, pk)
+        # A public model of a dataset the user cannot see is exported without its images.
+        shares_dataset = selectors.datasets_visible_to(user=request.user).filter(
+            pk=model.dataset_id).exists()
         try:
-            bundle = services_registry.model_version_export(model_version=model)
+            bundle = services_registry.model_version_export(
+                model_version=model, with_dataset_samples=shares_dataset)
         except ExportParityError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
         except services.ArtifactIntegrityError as exc:
@@ -280,13 +305,21 @@ class ModelThresholdView(APIView):
             )
         except services_registry.EvaluationError as exc:
             raise ValidationError({"target_sensitivity": [str(exc)]}) from exc
+        except services.ArtifactIntegrityError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except FileNotFoundError:
+            return _artifact_missing(model)
         return Response(_threshold_answer(model))
 
     @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
     def delete(self, request, pk):
-        model = services_registry.model_version_clear_threshold(
-            model_version=_manageable_model(request, pk)
-        )
+        model = _manageable_model(request, pk)
+        try:
+            model = services_registry.model_version_clear_threshold(model_version=model)
+        except services.ArtifactIntegrityError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except FileNotFoundError:
+            return _artifact_missing(model)
         return Response(_threshold_answer(model))
 
 

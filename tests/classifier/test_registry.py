@@ -205,6 +205,27 @@ def test_clearing_the_threshold_goes_back_to_the_most_probable_class(breast_mode
     assert "at_threshold" not in breast_model.metrics
 
 
+def test_a_threshold_that_cannot_be_reported_is_refused_and_changes_nothing(breast_model, owner):
+    from django.core.files.storage import default_storage
+
+    services_registry.model_version_evaluate(model_version=breast_model, split="val")
+    default_storage.delete(breast_model.artifact.name)  # no test predictions, and no model
+    for copy in services_registry.model_cache_dir().iterdir():  # nor a local copy of it
+        copy.unlink()
+    response = api(owner).post(f"/api/v1/models/{breast_model.pk}/threshold/",
+                               {"target_sensitivity": 0.9}, format="json")
+    assert response.status_code == 409 and "missing" in response.json()["detail"]
+    page = Client()
+    page.force_login(owner)
+    response = page.post(f"/models/{breast_model.pk}/threshold/", {"target_sensitivity": "0.9"},
+                         follow=True)
+    assert response.status_code == 200
+    assert "nothing was changed" in response.content.decode()
+    breast_model.refresh_from_db()
+    assert breast_model.decision_threshold is None
+    assert "operating_point" not in breast_model.val_metrics
+
+
 def test_a_threshold_is_refused_for_a_model_with_more_than_two_classes(models, owner):
     with pytest.raises(services_registry.EvaluationError, match="two-class"):
         services_registry.model_version_set_threshold(model_version=models[0],
@@ -300,6 +321,32 @@ def test_staff_promote_and_roll_back_through_the_api(models, dataset, staff):
         ("production", "promote", "ship b"), ("production", "promote", "ship a")]
     assert listing["changes"][0]["from_version"]["id"] == models[1].pk
     assert listing["changes"][0]["user"] == "stella"
+
+
+def test_alias_lists_do_not_name_models_the_reader_cannot_see(model_files, owner, staff):
+    shared = DatasetFactory(builtin=True, name="Built-in blood")
+    public = register_model(shared, owner, saved_model_file(model_files, seed=1), name="public",
+                            visibility=Visibility.PUBLIC)
+    private = register_model(shared, owner, saved_model_file(model_files, seed=2),
+                             name="olives-secret-study")
+    services_registry.model_alias_promote(model_version=public, user=staff, reason="first")
+    services_registry.model_alias_promote(model_version=private, user=staff, reason="second")
+    reader = UserFactory(username="rae")
+
+    listing = api(reader).get(f"/api/v1/datasets/{shared.pk}/aliases/").json()
+    [alias] = listing["aliases"]
+    assert (alias["model"], alias["model_name"], alias["visible_to_you"]) == (
+        None, "a private model", False)
+    assert [(c["from_version"], c["to_version"]) for c in listing["changes"]] == [
+        ({"id": public.pk, "name": "public v1"}, {"id": None, "name": "a private model"}),
+        (None, {"id": public.pk, "name": "public v1"})]
+    page = Client()
+    page.force_login(reader)
+    html = page.get(f"/models/{public.pk}/").content.decode()
+    assert "olives-secret-study" not in html and "a private model" in html
+    # Their owner and staff see the names.
+    assert api(owner).get(f"/api/v1/datasets/{shared.pk}/aliases/").json()["aliases"][0][
+        "model_name"] == "olives-secret-study v1"
 
 
 def test_a_user_who_is_not_staff_cannot_promote_or_roll_back_even_their_own_model(
@@ -468,6 +515,26 @@ def test_the_export_endpoint_returns_a_verified_bundle_with_the_model_card(model
 
     again = b"".join(client.get(f"/api/v1/models/{models[0].pk}/export/").streaming_content)
     assert again == payload  # built once, then served from the cache
+
+
+@pytest.mark.slow
+def test_a_public_model_of_a_private_dataset_is_exported_without_the_datasets_images(
+        models, dataset):
+    ModelVersion.objects.filter(pk=models[0].pk).update(visibility=Visibility.PUBLIC)
+    stranger = api(UserFactory(username="sam"))
+    assert stranger.get(f"/api/v1/datasets/{dataset.pk}/").status_code == 404
+    response = stranger.get(f"/api/v1/models/{models[0].pk}/export/")
+    assert response.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))) as archive:
+        names = set(archive.namelist())
+        images = np.load(io.BytesIO(archive.read("test_inputs/images.npy")))
+        preprocessing = archive.read("preprocessing.json").decode()
+    assert "test_inputs/labels.npy" not in names
+    assert images.shape == (8, 28, 28, 3)
+    held = selectors.dataset_arrays(dataset=dataset)
+    every_image = np.concatenate([held.images(split) for split in held.splits])
+    assert not any((every_image == image).all(axis=(1, 2, 3)).any() for image in images)
+    assert "seeded noise images" in preprocessing and dataset.name not in preprocessing
 
 
 @pytest.mark.slow
