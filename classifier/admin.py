@@ -243,6 +243,14 @@ class PredictionAdmin(ServiceDeleteAdmin):
     search_fields = ["owner__username", "predicted_label", "original_name", "image_sha256"]
     list_select_related = ["owner", "model_version"]
 
+    # A prediction is a record of what a model answered: staff may view or delete it, never
+    # write one or change what it says.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
     def delete_through_service(self, obj):
         services_predict.prediction_delete(prediction=obj)
 

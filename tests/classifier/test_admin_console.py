@@ -252,6 +252,18 @@ def test_deleting_predictions_in_the_admin_deletes_their_images(
     assert not any(stored(media_root, p.image.name) for p in (one, two, three))
 
 
+def test_predictions_are_viewed_in_the_admin_but_never_written_or_rewritten(
+        admin_client, owner, tmp_path):
+    prediction = predict(register(DatasetFactory(owner=owner), owner, tmp_path, name="cnn"), owner)
+    url = f"/admin/classifier/prediction/{prediction.pk}/change/"
+    assert admin_client.get("/admin/classifier/prediction/add/").status_code == 403
+    page = admin_client.get(url)
+    assert page.status_code == 200 and 'name="predicted_label"' not in page.content.decode()
+    admin_client.post(url, {"predicted_label": "rewritten"})
+    prediction.refresh_from_db()
+    assert prediction.predicted_label != "rewritten"
+
+
 # --- re-importing built-ins ---------------------------------------------------------------------
 
 
