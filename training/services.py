@@ -586,11 +586,13 @@ def training_jobs_sweep(*, queued_grace: float | None = None) -> int:
       not waiting in the broker: it was lost when the broker restarted without its data, or was
       never sent because the broker was down. Nothing is sent when the broker cannot be read.
 
-    The claim is atomic, so a job whose message turns out to be delivered twice still runs once.
+    A job whose message is already waiting in the broker is not sent again, so a job whose
+    workers stay away for an hour is not queued once per sweep meanwhile. The claim is atomic,
+    so a job whose message turns out to be delivered twice still runs once.
     """
     now = timezone.now()
     stale = now - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT)
-    requeued = 0
+    abandoned = []
     for job in TrainingJob.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale):
         if job.cancel_requested:
             with transaction.atomic():
@@ -599,29 +601,33 @@ def training_jobs_sweep(*, queued_grace: float | None = None) -> int:
                         status=Status.CANCELLED, finished_at=timezone.now()):
                     _append_log(job.pk, "cancelled (its worker had stopped)")
             continue
-        training_job_enqueue(job=job)
-        requeued += 1
+        abandoned.append(job.pk)
     grace = _queued_grace() if queued_grace is None else queued_grace
     waiting = list(TrainingJob.objects.filter(
         status=Status.QUEUED, created_at__lt=now - timedelta(seconds=grace)
     ).values_list("pk", flat=True))
-    if waiting:
-        from medplatform.celery import waiting_task_args
-        from training.tasks import run_training_job
+    if not abandoned and not waiting:
+        return 0
+    from medplatform.celery import waiting_task_args
+    from training.tasks import run_training_job
 
-        in_broker = waiting_task_args(run_training_job.name)
-        if in_broker is None:
+    in_broker = waiting_task_args(run_training_job.name)
+    present = set() if in_broker is None else {args[0] for args in in_broker if args}
+    # An abandoned job is sent even when the broker cannot be read: its claim keeps it single.
+    requeued = [pk for pk in abandoned if pk not in present]
+    if in_broker is None:
+        if waiting:
             logger.warning("sweep: cannot read the broker; %d queued job(s) not checked",
                            len(waiting))
-            return requeued
-        present = {args[0] for args in in_broker if args}
+    else:
         for job_id in waiting:
             if job_id not in present:
                 logger.warning("sweep: job %s is queued but its message is missing; sending it again",
                                job_id)
-                training_job_enqueue(job=TrainingJob(pk=job_id))
-                requeued += 1
-    return requeued
+                requeued.append(job_id)
+    for job_id in requeued:
+        training_job_enqueue(job=TrainingJob(pk=job_id))
+    return len(requeued)
 
 
 __all__ = [

@@ -6,7 +6,10 @@ Reproduce: ``.venv/bin/python -m pytest tests/reliability/test_redis_restart.py 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from classifier.models import ModelVersion
 from medplatform.celery import waiting_task_args
@@ -94,3 +97,22 @@ def test_jobs_queued_when_the_broker_died_all_run_once(private_broker, worker_pr
     batch.refresh_from_db()
     assert batch.status == Status.SUCCEEDED, (batch.error, logs_of(worker))
     assert batch.done == batch.total == sum(TINY_COUNTS["test"])
+
+
+def test_a_job_whose_worker_died_is_sent_again_once_while_no_worker_takes_it(
+        transactional_db, private_broker):
+    owner = UserFactory(username="rhea")
+    dataset = DatasetFactory(owner=owner, class_counts=TINY_COUNTS)
+    job, _ = services.training_job_create(owner=owner, dataset=dataset, preset="smoke",
+                                          config=smoke(epochs=1))
+    services.training_job_claim(job_id=job.pk)  # a worker took it ...
+    private_broker.kill()
+    private_broker.start()  # ... its message is gone with the broker's memory
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    TrainingJob.objects.filter(pk=job.pk).update(heartbeat_at=an_hour_ago)  # ... and it died
+    assert services.training_jobs_sweep() == 1
+    assert waiting_ids(TRAINING_TASK) == [job.pk]
+    # Sweeps until a worker comes back send nothing more: the message is still waiting.
+    assert services.training_jobs_sweep() == 0
+    assert services.training_jobs_sweep() == 0
+    assert waiting_ids(TRAINING_TASK) == [job.pk]
