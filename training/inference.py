@@ -115,6 +115,26 @@ def inference_job_submit(
     return job, True
 
 
+class InferenceJobStateError(Exception):
+    """The job cannot do that in its current state (a queued or running job is not deleted)."""
+
+
+def inference_job_delete(*, job: InferenceJob) -> None:
+    """Delete a finished batch job and, once that is committed, its uploaded input and results.
+
+    Raises:
+        InferenceJobStateError: for a job that is queued or running; nothing is changed.
+    """
+    with transaction.atomic():
+        locked = InferenceJob.objects.select_for_update().get(pk=job.pk)
+        if locked.is_active:
+            raise InferenceJobStateError(
+                f"batch job #{locked.pk} is {locked.status}; it can be deleted once it has ended")
+        files = [f.name for f in (locked.input_file, locked.results_csv, locked.results_json) if f]
+        locked.delete()
+        transaction.on_commit(lambda: [default_storage.delete(name) for name in files])
+
+
 def inference_job_enqueue(*, job: InferenceJob) -> None:
     from training.tasks import run_inference_job
 

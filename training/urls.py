@@ -10,4 +10,5 @@ urlpatterns = [
     path("jobs/<int:pk>/retry/", views.job_retry, name="job-retry"),
     path("inference/", views.inference_list, name="inference-list"),
     path("inference/<int:pk>/", views.inference_detail, name="inference-detail"),
+    path("inference/<int:pk>/delete/", views.inference_delete, name="inference-delete"),
 ]

@@ -137,3 +137,21 @@ def inference_detail(request, pk: int):
 
     job = get_object_or_404(InferenceJob.objects.visible_to(request.user), pk=pk)
     return render(request, "training/inference_detail.html", {"job": job, "nav": "inference"})
+
+
+@login_required
+@require_POST
+def inference_delete(request, pk: int):
+    from django.shortcuts import get_object_or_404
+
+    from training import inference
+    from training.models import InferenceJob
+
+    job = get_object_or_404(InferenceJob.objects.visible_to(request.user), pk=pk)
+    try:
+        inference.inference_job_delete(job=job)
+    except inference.InferenceJobStateError as exc:
+        messages.error(request, str(exc))
+        return redirect("inference-detail", pk=pk)
+    messages.success(request, f"Deleted batch job #{pk} and its files.")
+    return redirect("inference-list")

@@ -16,6 +16,7 @@
     document.querySelector("#inf-progress .label").textContent = pct + "%";
     $("inf-error").textContent = job.error || "";
     $("inf-downloads").hidden = job.status !== "succeeded";
+    $("inference-delete-form").hidden = ["queued", "running"].includes(job.status);
     const body = document.querySelector("#inf-summary tbody");
     body.innerHTML = "";
     for (const [name, count] of Object.entries(job.summary || {})) {

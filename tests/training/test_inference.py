@@ -430,6 +430,37 @@ def test_anonymous_requests_are_refused_with_401(db):
 # --- the API: reading jobs -----------------------------------------------------------------------
 
 
+def test_a_finished_job_is_deleted_with_its_input_and_results_but_not_while_it_runs(
+        api, model, other_user, dataset_arrays, media_root, browser_client,
+        django_capture_on_commit_callbacks):
+    archive = zip_bytes({f"scan-{i}.png": png(image)
+                         for i, image in enumerate(dataset_arrays["test_images"][:3])})
+    first = launch(api, django_capture_on_commit_callbacks, model=model.pk,
+                   file=upload("clinic.zip", archive)).json()["id"]
+    second = launch(api, django_capture_on_commit_callbacks, model=model.pk,
+                    split="test").json()["id"]
+    assert len([n for n in stored_files(media_root) if n.startswith("inference/")]) == 5
+
+    stranger = APIClient()
+    stranger.force_authenticate(other_user)
+    assert stranger.delete(f"{JOBS}{first}/").status_code == 404
+    InferenceJob.objects.filter(pk=second).update(status=Status.RUNNING)
+    response = api.delete(f"{JOBS}{second}/")
+    assert response.status_code == 409 and "is running" in response.json()["detail"]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"{JOBS}{first}/").status_code == 204
+    assert sorted(n for n in stored_files(media_root) if n.startswith("inference/")) == [
+        f"inference/results/job-{second}.csv", f"inference/results/job-{second}.json"]
+
+    InferenceJob.objects.filter(pk=second).update(status=Status.SUCCEEDED)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = browser_client.post(f"/inference/{second}/delete/")
+    assert response.status_code == 302 and response["Location"] == "/inference/"
+    assert not InferenceJob.objects.exists()
+    assert not [n for n in stored_files(media_root) if n.startswith("inference/")]
+
+
 def test_other_users_can_neither_see_a_job_nor_download_its_results(
         api, model, other_user, django_capture_on_commit_callbacks):
     job_id = launch(api, django_capture_on_commit_callbacks, model=model.pk, split="test").json()["id"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, parsers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
@@ -96,7 +96,7 @@ def inference_job_submit_from_request(request, data, *, idempotency_key: str = "
 
 
 class InferenceJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                          viewsets.GenericViewSet):
+                          mixins.DestroyModelMixin, viewsets.GenericViewSet):
     """Batch inference: classify a dataset split or an uploaded .npz/.zip in a worker."""
 
     serializer_class = InferenceJobSerializer
@@ -105,6 +105,16 @@ class InferenceJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     def get_queryset(self):
         return InferenceJob.objects.visible_to(self.request.user).select_related(
             "owner", "model_version", "dataset")
+
+    @extend_schema(responses={204: None, 409: OpenApiResponse(
+        description="The job is queued or running; nothing was deleted")})
+    def destroy(self, request, *args, **kwargs):
+        """Delete a finished job with its uploaded input and its results."""
+        try:
+            inference.inference_job_delete(job=self.get_object())
+        except inference.InferenceJobStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
         request={"multipart/form-data": InferenceJobCreateSerializer},
