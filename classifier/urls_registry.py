@@ -9,6 +9,7 @@ urlpatterns = [
     path("models/<int:pk>/promote/", views_registry.model_promote, name="model-promote"),
     path("models/<int:pk>/evaluate/", views_registry.model_evaluate, name="model-evaluate"),
     path("models/<int:pk>/threshold/", views_registry.model_threshold, name="model-threshold"),
+    path("models/<int:pk>/delete/", views_registry.model_delete, name="model-delete"),
     path("datasets/<int:pk>/aliases/<slug:alias>/rollback/", views_registry.alias_rollback,
          name="alias-rollback"),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db.models.deletion import ProtectedError
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -219,3 +220,18 @@ def model_threshold(request, pk: int):
         messages.success(request, f"Decision threshold of {model} set to "
                                   f"{model.decision_threshold:.6g} on class 1's probability.")
     return _back(model)
+
+
+@require_POST
+@login_required
+def model_delete(request, pk: int):
+    model = _manageable(request, pk)
+    label = str(model)
+    try:
+        services_registry.model_version_delete(model_version=model)
+    except (services_registry.ModelDeleteError, ProtectedError) as exc:
+        messages.error(request, f"{label} was not deleted: " + (
+            str(exc) if isinstance(exc, services_registry.ModelDeleteError) else "it is in use"))
+        return _back(model)
+    messages.success(request, f"Deleted {label} and its files.")
+    return redirect("model-list")

@@ -151,10 +151,28 @@ class DatasetViewSet(
         return response
 
 
-class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
-    """Trained models in the registry that you may see."""
+class ModelVersionViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
+    """Trained models in the registry that you may see; their owner (or staff) deletes them."""
 
     serializer_class = ModelVersionSerializer
+
+    @extend_schema(responses={204: None, 403: OpenApiResponse(description="Not your model"),
+                              409: OpenApiResponse(description="Still used; nothing deleted")})
+    def destroy(self, request, *args, **kwargs):
+        """Delete the model with its files, unless an alias, other users' predictions or a
+        batch job still rely on it (409, saying which)."""
+        from classifier import selectors_registry, services_registry
+
+        model = self.get_object()
+        if not selectors_registry.can_manage_model(user=request.user, model_version=model):
+            raise PermissionDenied("you can only delete your own models")
+        try:
+            services_registry.model_version_delete(model_version=model)
+        except (services_registry.ModelDeleteError, ProtectedError) as exc:
+            detail = (str(exc) if isinstance(exc, services_registry.ModelDeleteError)
+                      else f"{model} is still in use; nothing was deleted")
+            return Response({"detail": detail}, status=status.HTTP_409_CONFLICT)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     def get_queryset(self):
         qs = selectors.model_versions_visible_to(user=self.request.user)

@@ -568,3 +568,28 @@ def test_a_finished_training_job_registers_its_model_with_the_full_report_and_te
     assert evaluation.n == sum(TINY_COUNTS["test"])
     assert model.metrics["accuracy"] == pytest.approx(
         np.mean(np.array(evaluation.predicted) == selectors.dataset_arrays(dataset=tiny).labels("test")))
+
+
+# --- deleting ------------------------------------------------------------------------------------
+
+
+def test_an_owner_deletes_their_model_with_its_file_and_others_cannot(
+        models, owner, staff, media_root, django_capture_on_commit_callbacks):
+    artifact = Path(media_root, models[0].artifact.name)
+    assert artifact.is_file()
+    ModelVersion.objects.filter(pk=models[0].pk).update(visibility=Visibility.PUBLIC)
+    reader = api(UserFactory(username="rudy"))
+    assert reader.delete(f"/api/v1/models/{models[0].pk}/").status_code == 403
+    services_registry.model_alias_promote(model_version=models[0], user=staff, reason="ship")
+    response = api(owner).delete(f"/api/v1/models/{models[0].pk}/")
+    assert response.status_code == 409 and "'production'" in response.json()["detail"]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api(owner).delete(f"/api/v1/models/{models[1].pk}/").status_code == 204
+        page = Client()
+        page.force_login(owner)
+        response = page.post(f"/models/{models[2].pk}/delete/")
+    assert response.status_code == 302 and response["Location"] == "/models/"
+    assert list(ModelVersion.objects.values_list("pk", flat=True)) == [models[0].pk]
+    assert artifact.is_file()
+    assert not any(Path(media_root, m.artifact.name).is_file() for m in models[1:])
