@@ -6,6 +6,6 @@ class MedplatformConfig(AppConfig):
     verbose_name = "Platform"
 
     def ready(self):
-        from medplatform import authentication
+        from medplatform import auth, authentication  # noqa: F401  (auth: its signal receivers)
 
         authentication.connect_signals()

@@ -22,6 +22,7 @@ router.register("predictions", PredictionViewSet, basename="prediction")
 
 api_patterns = [
     path("auth/token/", auth.ObtainAuthTokenView.as_view(), name="api-token"),
+    path("auth/token/rotate/", auth.RotateAuthTokenView.as_view(), name="api-token-rotate"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("training.api_urls")),

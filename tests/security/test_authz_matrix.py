@@ -33,8 +33,9 @@ from django.db import transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
 
-from classifier.models import Dataset, ModelAlias, Prediction, Visibility
+from classifier.models import Dataset, ModelAlias, ModelVersion, Prediction, Visibility
 from tests.factories import DatasetFactory, ModelVersionFactory, UserFactory, png_bytes
 from training.models import InferenceJob, TrainingJob
 
@@ -226,6 +227,13 @@ MATRIX: dict[str, list[Probe]] = {
               data={"alias": "production", "reason": "probe"}, unchanged=alias_count),
     ],
     "models/<int:pk>/evaluate/": [Probe("post", "/models/{a_model}/evaluate/", PAGE_ACTION)],
+    # A's model ran A's batch job: refused (a message) for its owner and staff alike.
+    "models/<int:pk>/delete/": [
+        Probe("post", "/models/{a_model}/delete/", PAGE_ACTION,
+              unchanged=exists(ModelVersion, "a_model"), fresh=True),
+        Probe("post", "/models/{b_shared_model}/delete/", {A: 403},
+              unchanged=exists(ModelVersion, "b_shared_model")),
+    ],
     "models/<int:pk>/threshold/": [
         Probe("post", "/models/{a_model}/threshold/", PAGE_ACTION, data={"clear": "1"}),
         Probe("post", "/models/{b_shared_model}/threshold/", {A: 403}, data={"clear": "1"}),
@@ -254,11 +262,22 @@ MATRIX: dict[str, list[Probe]] = {
               data={"model": "{a_published_model}", "split": "test"}, unchanged=count(InferenceJob)),
     ],
     "inference/<int:pk>/": [Probe("get", "/inference/{a_batch}/", PAGE_OWNER)],
+    "inference/<int:pk>/delete/": [
+        Probe("post", "/inference/{a_batch}/delete/", PAGE_ACTION,
+              unchanged=exists(InferenceJob, "a_batch"), fresh=True),
+    ],
     # --- API ---
     "api/v1/": [Probe("get", "/api/v1/", API_USERS)],
     "api/v1/auth/token/": [
         Probe("post", "/api/v1/auth/token/", dict.fromkeys(ACTORS, 400),
               data={"username": "{stranger_name}", "password": "not-the-password"}),
+        # Revoking: one's own token only (the body names nobody), so anyone logged in may.
+        Probe("delete", "/api/v1/auth/token/", {ANON: 401, A: 204, B: 204, STAFF: 204},
+              unchanged=count(Token), fresh=True),
+    ],
+    "api/v1/auth/token/rotate/": [
+        Probe("post", "/api/v1/auth/token/rotate/", {ANON: 401, A: 200, B: 200, STAFF: 200},
+              unchanged=count(Token), fresh=True),
     ],
     "api/v1/schema/": [Probe("get", "/api/v1/schema/", PUBLIC)],
     "api/v1/docs/": [Probe("get", "/api/v1/docs/", PUBLIC)],
@@ -283,7 +302,11 @@ MATRIX: dict[str, list[Probe]] = {
               unchanged=count(InferenceJob)),
     ],
     "api/v1/^inference-jobs/(?P<pk>[^/.]+)/$": [
-        Probe("get", "/api/v1/inference-jobs/{a_batch}/", API_OWNER)],
+        Probe("get", "/api/v1/inference-jobs/{a_batch}/", API_OWNER),
+        Probe("delete", "/api/v1/inference-jobs/{a_batch}/",
+              {ANON: 401, A: 204, B: 404, STAFF: 204},
+              unchanged=exists(InferenceJob, "a_batch"), fresh=True),
+    ],
     "api/v1/^inference-jobs/(?P<pk>[^/.]+)/results/(?P<kind>csv|json)/$": [
         Probe("get", "/api/v1/inference-jobs/{a_batch}/results/csv/", API_OWNER),
         Probe("get", "/api/v1/inference-jobs/{a_batch}/results/json/", API_OWNER),
@@ -347,6 +370,10 @@ MATRIX: dict[str, list[Probe]] = {
         Probe("get", "/api/v1/models/{a_model}/", API_OWNER),
         Probe("get", "/api/v1/models/{a_published_model}/", API_USERS),
         Probe("get", "/api/v1/models/{b_shared_model}/", API_USERS),
+        Probe("delete", "/api/v1/models/{a_model}/", {ANON: 401, A: 409, B: 404, STAFF: 409},
+              unchanged=exists(ModelVersion, "a_model"), fresh=True),
+        Probe("delete", "/api/v1/models/{b_shared_model}/", {A: 403},
+              unchanged=exists(ModelVersion, "b_shared_model")),
     ],
     "api/v1/^predictions/$": [
         Probe("get", "/api/v1/predictions/", API_USERS, **PREDICTIONS),

@@ -1,5 +1,8 @@
 """Password guessing is locked out, and the API's rate limits answer 429.
 
+The lockout rule (``medplatform/auth.py``): 5 failures lock a username *from that address*; 50
+(ten times as many) lock it from every address; 20 lock an address for every username.
+
 Each test uses a username and a client address of its own, so that counts kept in a shared
 cache (Redis in CI) never leak into another test or another run; nothing here clears the cache.
 """
@@ -9,8 +12,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from django.core.cache import cache, caches
-from django.test import Client, override_settings
+from django.contrib.auth import authenticate
+from django.core.cache import cache
+from django.core.management import CommandError, call_command
+from django.test import Client, RequestFactory, override_settings
 from rest_framework.test import APIClient
 
 from medplatform import auth
@@ -50,6 +55,11 @@ def site_login(client, username, password):
     return client.post("/login/", {"username": username, "password": password})
 
 
+def locked_at(address, username) -> int:
+    """Seconds left on the lock of ``username`` for a request from ``address``."""
+    return auth.locked_for(RequestFactory(REMOTE_ADDR=address).post("/login/"), username)
+
+
 def test_site_login_locks_after_n_failures_and_refuses_the_right_password(user):
     client = Client(REMOTE_ADDR=fresh_address())
     for _ in range(LIMIT - 1):
@@ -63,18 +73,52 @@ def test_site_login_locks_after_n_failures_and_refuses_the_right_password(user):
     response = site_login(client, user.username, PASSWORD)
     assert response.status_code == 429
     assert "_auth_user_id" not in client.session
-    # From another address too: the username itself is locked.
-    other = Client(REMOTE_ADDR=fresh_address())
-    assert site_login(other, user.username, PASSWORD).status_code == 429
-    assert auth.locked_for(None, user.username) > 800
+    assert locked_at(client.defaults["REMOTE_ADDR"], user.username) > 800
+
+
+def test_failures_from_one_address_do_not_lock_the_account_from_another(user):
+    """Nobody can keep someone else's account locked by failing to log in as them."""
+    guesser = Client(REMOTE_ADDR=fresh_address())
+    for _ in range(LIMIT):
+        site_login(guesser, user.username, "wrong")
+    assert site_login(guesser, user.username, PASSWORD).status_code == 429
+
+    owner = Client(REMOTE_ADDR=fresh_address())
+    response = site_login(owner, user.username, PASSWORD)
+    assert response.status_code == 302
+    assert owner.session["_auth_user_id"] == str(user.pk)
+    assert token(APIClient(REMOTE_ADDR=fresh_address()), user.username, PASSWORD).status_code == 200
+    # The guesser stays locked all the same.
+    assert site_login(guesser, user.username, PASSWORD).status_code == 429
+
+
+def test_guessing_one_username_from_many_addresses_locks_it_everywhere(user):
+    """The backstop: ten times the per-address limit, from every address together."""
+    for _ in range(9):
+        guesser = Client(REMOTE_ADDR=fresh_address())
+        for _ in range(LIMIT + 2):  # attempts beyond an address's lock add nothing
+            site_login(guesser, user.username, "wrong")
+    assert site_login(Client(REMOTE_ADDR=fresh_address()), user.username, PASSWORD).status_code == 302
+
+    last = Client(REMOTE_ADDR=fresh_address())
+    for _ in range(LIMIT):
+        site_login(last, user.username, "wrong")
+    elsewhere = Client(REMOTE_ADDR=fresh_address())
+    response = site_login(elsewhere, user.username, PASSWORD)
+    assert response.status_code == 429
+    assert b"Too many failed log-in attempts" in response.content
+    assert "_auth_user_id" not in elsewhere.session
 
 
 def test_lock_ends_after_its_duration(user, settings):
+    import time
+
+    settings.LOGIN_LOCKOUT_DURATION = 1
     client = Client(REMOTE_ADDR=fresh_address())
     for _ in range(LIMIT):
         site_login(client, user.username, "wrong")
     assert site_login(client, user.username, PASSWORD).status_code == 429
-    cache.delete(auth._key("user", user.username.casefold(), "until"))  # as if 15 minutes passed
+    time.sleep(1.1)
     response = site_login(client, user.username, PASSWORD)
     assert response.status_code == 302
     assert client.session["_auth_user_id"] == str(user.pk)
@@ -116,7 +160,7 @@ def test_unknown_usernames_count_too(db):
     name = f"ghost-{uuid.uuid4().hex[:8]}"
     for _ in range(LIMIT):
         site_login(client, name, "wrong")
-    assert auth.locked_for(None, name) > 0
+    assert locked_at(client.defaults["REMOTE_ADDR"], name) > 0
 
 
 # --- the admin's log-in page --------------------------------------------------------------------
@@ -180,13 +224,105 @@ def test_failures_on_one_entry_point_lock_the_others(user):
     for _ in range(LIMIT):
         token(api, user.username, "wrong")
     assert site_login(Client(REMOTE_ADDR=address), user.username, PASSWORD).status_code == 429
-    assert not Client().login(username=user.username, password=PASSWORD)
+    # Any password check from that address, whoever makes it.
+    request = RequestFactory(REMOTE_ADDR=address).post("/")
+    assert authenticate(request, username=user.username, password=PASSWORD) is None
 
 
 def test_token_endpoint_rejects_odd_bodies_without_error(db):
     client = APIClient(REMOTE_ADDR=fresh_address())
     assert client.post("/api/v1/auth/token/", [1, 2], format="json").status_code == 400
     assert client.post("/api/v1/auth/token/", {}, format="json").status_code == 400
+
+
+# --- unlocking by hand ----------------------------------------------------------------------------
+
+
+def test_unlock_login_lifts_a_usernames_locks_from_every_address(user, settings, capsys):
+    settings.LOGIN_LOCKOUT_USERNAME_FAILURES = 2 * LIMIT
+    typist = Client(REMOTE_ADDR=fresh_address())  # failures, not yet locked
+    for _ in range(LIMIT - 1):
+        site_login(typist, user.username, "wrong")
+    guessers = [Client(REMOTE_ADDR=fresh_address()) for _ in range(2)]
+    for guesser in guessers:
+        for _ in range(LIMIT):
+            site_login(guesser, user.username, "wrong")
+    elsewhere = Client(REMOTE_ADDR=fresh_address())
+    assert site_login(guessers[0], user.username, PASSWORD).status_code == 429
+    assert site_login(elsewhere, user.username, PASSWORD).status_code == 429  # the backstop
+
+    call_command("unlock_login", user.username.upper())
+
+    assert "Log-in unlocked" in capsys.readouterr().out
+    for client in [*guessers, elsewhere]:
+        assert site_login(client, user.username, PASSWORD).status_code == 302
+    # Failures counted before are forgotten too: as many again do not lock.
+    for _ in range(LIMIT - 1):
+        assert site_login(typist, user.username, "wrong").status_code == 200
+
+
+def test_unlock_login_leaves_other_usernames_and_guessing_addresses_locked(user, db):
+    other = UserFactory(username=f"other-{uuid.uuid4().hex[:8]}")
+    address = fresh_address()
+    client = Client(REMOTE_ADDR=address)
+    for _ in range(LIMIT):
+        site_login(client, other.username, "wrong")
+    for i in range(4 * LIMIT - LIMIT):  # the address's limit, over many names
+        site_login(client, f"nobody-{i}-{uuid.uuid4().hex[:6]}", "wrong")
+
+    call_command("unlock_login", user.username)
+
+    assert locked_at(address, other.username) > 0
+    assert site_login(client, user.username, PASSWORD).status_code == 429  # the address's lock
+    assert site_login(Client(REMOTE_ADDR=fresh_address()), user.username, PASSWORD).status_code == 302
+
+
+def test_unlock_login_needs_a_username_and_says_when_no_account_has_it(db, capsys):
+    with pytest.raises(CommandError):
+        call_command("unlock_login", " ")
+    call_command("unlock_login", f"ghost-{uuid.uuid4().hex[:8]}")
+    assert "no account has this username" in capsys.readouterr().out
+
+
+# --- with the cache unreachable -----------------------------------------------------------------
+
+
+def test_with_the_cache_unreachable_the_site_login_still_checks_passwords(user, unreachable_cache,
+                                                                         caplog):
+    client = Client(REMOTE_ADDR=fresh_address())
+    for _ in range(LIMIT + 1):  # nothing is counted: no lock either
+        response = site_login(client, user.username, "wrong")
+        assert response.status_code == 200
+        assert b"match" in response.content
+    response = site_login(client, user.username, PASSWORD)
+    assert response.status_code == 302
+    assert client.session["_auth_user_id"] == str(user.pk)
+    assert "log-in lockout not checked" in caplog.text
+    assert "log-in failure not counted" in caplog.text
+
+
+def test_with_the_cache_unreachable_the_admin_login_still_works(staff, unreachable_cache):
+    client = Client(REMOTE_ADDR=fresh_address())
+    response = client.post("/admin/login/", {"username": staff.username, "password": "wrong"})
+    assert response.status_code == 200
+    response = client.post("/admin/login/?next=/admin/",
+                           {"username": staff.username, "password": PASSWORD})
+    assert response.status_code == 302
+    assert client.get("/admin/").status_code == 200
+
+
+def test_with_the_cache_unreachable_the_token_endpoint_still_works(user, unreachable_cache):
+    client = APIClient(REMOTE_ADDR=fresh_address())
+    assert token(client, user.username, "wrong").status_code == 400
+    response = token(client, user.username, PASSWORD)
+    assert response.status_code == 200 and response.json()["token"]
+    assert client.get("/api/v1/presets/", HTTP_AUTHORIZATION=f"Token {response.json()['token']}"
+                      ).status_code == 200
+
+
+def test_with_the_cache_unreachable_unlock_login_says_it_did_not_unlock(unreachable_cache):
+    with pytest.raises(CommandError, match="could not reach the cache"):
+        call_command("unlock_login", "someone")
 
 
 # --- API rate limits ----------------------------------------------------------------------------
@@ -282,21 +418,6 @@ def test_a_rate_limit_counts_in_windows_and_says_when_the_next_one_starts(user, 
     cache.delete(f"throttle_user_{user.pk}")
     assert client.get("/api/v1/presets/").status_code == 200
     assert issubclass(throttling.UserRateThrottle, throttling._FixedWindowThrottle)
-
-
-@pytest.fixture
-def redis_cache(redis_broker, settings):
-    """The default cache on the suite's Redis server (the embedded one, or REDIS_URL in CI)."""
-    from medplatform import settings as production
-    from medplatform.cache import RedisCache
-
-    location = production._redis_cache_location() or redis_broker
-    if location.startswith("redis+socket://"):
-        location = "unix://" + location.removeprefix("redis+socket://")
-    settings.CACHES = {"default": {"BACKEND": "medplatform.cache.RedisCache", "LOCATION": location,
-                                   "KEY_PREFIX": f"rates-{uuid.uuid4().hex[:8]}"}}
-    assert isinstance(caches["default"], RedisCache)
-    return caches["default"]._cache.get_client(write=True)
 
 
 def test_with_redis_a_request_is_counted_in_one_round_trip_and_its_window_always_ends(
