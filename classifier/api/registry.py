@@ -5,6 +5,8 @@ Included in ``/api/v1/`` before the router, so ``models/compare/`` is not read a
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from django.http import FileResponse, HttpResponse
 from django.urls import path
 from drf_spectacular.types import OpenApiTypes
@@ -15,7 +17,7 @@ from drf_spectacular.utils import (
     extend_schema_field,
 )
 from rest_framework import renderers, serializers, status
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -115,10 +117,21 @@ def _manageable_model(request, pk):
     return model
 
 
-def _artifact_missing(model) -> Response:
-    """409 for a model whose stored file (artifact or dataset) is gone from storage."""
-    return Response({"detail": f"a stored file of {model} is missing; it cannot be loaded"},
-                    status=status.HTTP_409_CONFLICT)
+class _Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
+@contextmanager
+def _stored_files_of(model):
+    """Work that loads ``model``'s stored files: a file that is missing from storage, or an
+    artifact changed since registration, answers 409 with the reason."""
+    try:
+        yield
+    except services.ArtifactIntegrityError as exc:
+        raise _Conflict(str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise _Conflict(f"a stored file of {model} is missing; it cannot be loaded") from exc
 
 
 # --- Views ---------------------------------------------------------------------------------------
@@ -257,14 +270,11 @@ class ModelExportView(APIView):
         shares_dataset = selectors.datasets_visible_to(user=request.user).filter(
             pk=model.dataset_id).exists()
         try:
-            bundle = services_registry.model_version_export(
-                model_version=model, with_dataset_samples=shares_dataset)
+            with _stored_files_of(model):
+                bundle = services_registry.model_version_export(
+                    model_version=model, with_dataset_samples=shares_dataset)
         except ExportParityError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
-        except services.ArtifactIntegrityError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        except FileNotFoundError:
-            return _artifact_missing(model)
         return FileResponse(open(bundle, "rb"), as_attachment=True,  # closed by Django
                             filename=f"{model.name}-v{model.version}.zip",
                             content_type="application/zip")
@@ -276,12 +286,8 @@ class ModelEvaluateView(APIView):
     @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
     def post(self, request, pk):
         model = _manageable_model(request, pk)
-        try:
+        with _stored_files_of(model):
             evaluation = services_registry.model_version_evaluate(model_version=model)
-        except services.ArtifactIntegrityError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        except FileNotFoundError:
-            return _artifact_missing(model)
         if evaluation is None:
             raise ValidationError({"detail": [f"{model.dataset} has no test images"]})
         return Response(model.metrics)
@@ -300,26 +306,19 @@ class ModelThresholdView(APIView):
         form = ThresholdSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         try:
-            model = services_registry.model_version_set_threshold(
-                model_version=model, target_sensitivity=form.validated_data["target_sensitivity"]
-            )
+            with _stored_files_of(model):
+                model = services_registry.model_version_set_threshold(
+                    model_version=model,
+                    target_sensitivity=form.validated_data["target_sensitivity"])
         except services_registry.EvaluationError as exc:
             raise ValidationError({"target_sensitivity": [str(exc)]}) from exc
-        except services.ArtifactIntegrityError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        except FileNotFoundError:
-            return _artifact_missing(model)
         return Response(_threshold_answer(model))
 
     @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
     def delete(self, request, pk):
         model = _manageable_model(request, pk)
-        try:
+        with _stored_files_of(model):
             model = services_registry.model_version_clear_threshold(model_version=model)
-        except services.ArtifactIntegrityError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        except FileNotFoundError:
-            return _artifact_missing(model)
         return Response(_threshold_answer(model))
 
 
