@@ -31,6 +31,7 @@ from classifier.models import (
     ModelAliasChange,
     ModelEvaluation,
     ModelVersion,
+    Visibility,
 )
 from medml import stats
 
@@ -286,9 +287,14 @@ def model_alias_promote(
 ) -> ModelAlias:
     """Point ``alias`` of the model's dataset at ``model_version``, with an audit entry.
 
+    A dataset every user sees takes only a public model: its users are served the alias's
+    model as the dataset's default, and a private one would be served to its owner alone while
+    everyone else silently got another.
+
     Raises:
         RegistryPermissionError: for a user who is not staff.
-        AliasError: for a bad alias name, an empty reason, or a model the alias already names.
+        AliasError: for a bad alias name, an empty reason, a model the alias already names, or
+            a private model of a public dataset.
     """
     _require_staff(user)
     if not ALIAS_NAME.match(alias or ""):
@@ -297,6 +303,11 @@ def model_alias_promote(
         )
     reason = _clean_reason(reason)
     dataset = model_version.dataset
+    if dataset.visibility == Visibility.PUBLIC and model_version.visibility != Visibility.PUBLIC:
+        raise AliasError(
+            f"{model_version} is private and {dataset} is seen by every user, who would not be "
+            "served it: publish the model first"
+        )
     with transaction.atomic():
         current = ModelAlias.objects.select_for_update().filter(dataset=dataset, name=alias).first()
         previous = None

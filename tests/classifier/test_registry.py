@@ -323,14 +323,26 @@ def test_staff_promote_and_roll_back_through_the_api(models, dataset, staff):
     assert listing["changes"][0]["user"] == "stella"
 
 
+def test_a_private_model_is_not_promoted_on_a_dataset_every_user_sees(model_files, owner, staff):
+    shared = DatasetFactory(builtin=True, name="Built-in blood")
+    private = register_model(shared, owner, saved_model_file(model_files, seed=2), name="mine")
+    with pytest.raises(services_registry.AliasError, match="publish the model first"):
+        services_registry.model_alias_promote(model_version=private, user=staff, reason="ship")
+    response = api(staff).post(f"/api/v1/models/{private.pk}/promote/", {"reason": "ship"},
+                               format="json")
+    assert response.status_code == 409 and "publish the model first" in response.json()["detail"]
+    assert not ModelAlias.objects.exists()
+
+
 def test_alias_lists_do_not_name_models_the_reader_cannot_see(model_files, owner, staff):
     shared = DatasetFactory(builtin=True, name="Built-in blood")
     public = register_model(shared, owner, saved_model_file(model_files, seed=1), name="public",
                             visibility=Visibility.PUBLIC)
     private = register_model(shared, owner, saved_model_file(model_files, seed=2),
-                             name="olives-secret-study")
+                             name="olives-secret-study", visibility=Visibility.PUBLIC)
     services_registry.model_alias_promote(model_version=public, user=staff, reason="first")
     services_registry.model_alias_promote(model_version=private, user=staff, reason="second")
+    ModelVersion.objects.filter(pk=private.pk).update(visibility=Visibility.PRIVATE)  # later
     reader = UserFactory(username="rae")
 
     listing = api(reader).get(f"/api/v1/datasets/{shared.pk}/aliases/").json()
