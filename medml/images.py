@@ -370,6 +370,9 @@ def _to_l_or_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     """8-bit ``"L"`` or ``"RGB"``; high bit depths are scaled, alpha is dropped."""
     note = None
     mode = image.mode
+    if mode == "F" and _is_unit_range(image):
+        return _to_8bit_gray(image, scale=255.0), (
+            "the image holds floating-point values from 0 to 1; they were scaled to 0-255")
     if mode in ("I", "F") or mode.startswith("I;16"):
         return _to_8bit_gray(image), (
             "the image has more than 8 bits per pixel; it was scaled to 8 bits, so an image that "
@@ -390,7 +393,14 @@ def _to_l_or_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     return image, note
 
 
-def _to_8bit_gray(image: Image.Image) -> Image.Image:
+def _is_unit_range(image: Image.Image) -> bool:
+    """A floating-point image whose values all lie in [0, 1]: the usual normalised form."""
+    values = np.asarray(image, dtype=np.float64)
+    return bool(values.size and np.isfinite(values).all() and values.min() >= 0
+                and values.max() <= 1.0)
+
+
+def _to_8bit_gray(image: Image.Image, scale: float | None = None) -> Image.Image:
     values = np.asarray(image, dtype=np.float64)
     if not np.isfinite(values).all():
         raise ImageInputError("the image holds NaN or infinite pixel values")
@@ -399,8 +409,10 @@ def _to_8bit_gray(image: Image.Image) -> Image.Image:
             f"the image has pixel values from {values.min():g} to {values.max():g}; only 8- and "
             "16-bit ranges are supported"
         )
-    # 16-bit storage, or 32-bit storage of values past 8 bits: the 16-bit range maps to 8 bits.
-    scale = 255 / 65535 if image.mode.startswith("I;16") or (values.size and values.max() > 255) else 1.0
+    if scale is None:
+        # 16-bit storage, or 32-bit storage of values past 8 bits: the 16-bit range maps to 8.
+        scale = 255 / 65535 if image.mode.startswith("I;16") or (
+            values.size and values.max() > 255) else 1.0
     return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8))
 
 

@@ -223,6 +223,16 @@ def test_grey_pixels_saved_as_rgb_for_a_colour_model_get_the_same_warning():
     assert warnings == []
 
 
+def test_a_floating_point_image_in_the_unit_range_is_scaled_to_0_255_and_says_so():
+    unit = np.linspace(0, 1, 28 * 28, dtype=np.float32).reshape(28, 28)
+    buffer = io.BytesIO()
+    Image.fromarray(unit, mode="F").save(buffer, format="TIFF")
+    array, warnings = model_input(buffer.getvalue(), channels=1)
+    np.testing.assert_array_equal(array[..., 0], np.rint(unit.astype(np.float64) * 255))
+    assert warnings == ["the image holds floating-point values from 0 to 1; they were scaled "
+                        "to 0-255"]
+
+
 def test_a_16_bit_grayscale_image_is_scaled_to_8_bits():
     deep = np.array([[0, 65535], [32896, 1028]], dtype=np.uint16).repeat(14, 0).repeat(14, 1)
     array, _ = model_input(encode(deep), channels=1)
