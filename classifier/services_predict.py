@@ -105,7 +105,8 @@ def _display_name(upload: UploadedFile, index: int) -> str:
     return name[:255] or f"image {index + 1}"
 
 
-def _check_uploads(files: list[UploadedFile], model_version: ModelVersion) -> list[_CheckedImage]:
+def _check_uploads(files: list[UploadedFile], model_version: ModelVersion, *,
+                   colour_training: bool) -> list[_CheckedImage]:
     limits = prediction_limits()
     if not files:
         raise PredictionInputError(["no image was uploaded"])
@@ -131,6 +132,7 @@ def _check_uploads(files: list[UploadedFile], model_version: ModelVersion) -> li
                 array, notes = medml_images.to_model_input(
                     image, height=dataset.image_height, width=dataset.image_width,
                     channels=dataset.channels, preprocessing=dataset.source_preprocessing,
+                    colour_training=colour_training,
                 )
             finally:
                 image.close()
@@ -241,16 +243,16 @@ def prediction_create(
     """
     if not visible_to(model_version, user):
         raise PredictionInputError([f"model {model_version.pk} does not exist or is not visible to you"])
-    started = time.perf_counter()
-    checked = _check_uploads(files, model_version)
-    checking_seconds = time.perf_counter() - started
-
     from medml.infer import answer_warnings
 
-    # One-off per process: loading the model and the training statistics is not request latency.
+    # One-off per process, as the model below: loading the training statistics is not latency.
+    stats = selectors.dataset_input_stats(dataset=model_version.dataset)
+    started = time.perf_counter()
+    checked = _check_uploads(files, model_version, colour_training=stats.colour)
+    checking_seconds = time.perf_counter() - started
+
     predictor = predictor_for(model_version)
     explainer = _explainer_for(predictor) if explain else None
-    stats = selectors.dataset_input_stats(dataset=model_version.dataset)
 
     started = time.perf_counter()
     arrays = np.stack([item.array for item in checked])

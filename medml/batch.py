@@ -116,9 +116,12 @@ def read_npz(
 def read_zip(
     source: BinaryIO, *, shape: tuple[int, int, int], class_names: list[str],
     preprocessing: dict | None, limits: dataset_io.ImportLimits, max_image_bytes: int,
-    progress: Progress | None = None,
+    progress: Progress | None = None, colour_training: bool = True,
 ) -> BatchInput:
     """The images of a ``.zip``, each through the dataset's source path; labels from class folders.
+
+    ``colour_training`` is passed to :func:`medml.images.to_model_input` (whether a grey image is
+    unlike the model's training images).
 
     The archive's directory is checked before anything is decompressed: member names, links,
     declared sizes and counts. Its end record is read first, so a directory of millions of
@@ -171,7 +174,7 @@ def read_zip(
                                              max_bytes=max_image_bytes)
                 array, warn = images.to_model_input(
                     image, height=shape[0], width=shape[1], channels=shape[2],
-                    preprocessing=preprocessing)
+                    preprocessing=preprocessing, colour_training=colour_training)
             except images.ImageInputError as exc:
                 raise BatchInputError(f"'{info.filename}': {exc}") from exc
             arrays.append(array)

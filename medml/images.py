@@ -297,6 +297,7 @@ def to_model_input(
     width: int,
     channels: int,
     preprocessing: Mapping[str, object] | None = None,
+    colour_training: bool = True,
 ) -> tuple[np.ndarray, list[str]]:
     """The ``uint8`` array a model takes, following the dataset's source path, plus warnings.
 
@@ -312,6 +313,9 @@ def to_model_input(
         width: Native image width of the dataset.
         channels: ``1`` or ``3``.
         preprocessing: The dataset's ``source_preprocessing`` (``crop``, ``resize``, ``channels``).
+        colour_training: Whether the model's training images are in colour: a grey image given
+            to a three-channel model is reported only then (a dataset of grey images stored as
+            RGB makes three-channel models that know grey images well).
 
     Returns:
         ``(array, warnings)``: the ``(height, width, channels)`` ``uint8`` array and messages for
@@ -350,7 +354,7 @@ def to_model_input(
         array = np.asarray(image, dtype=np.uint8)
         if array.ndim == 2:
             array = np.repeat(array[..., np.newaxis], 3, axis=-1)
-        if not is_colour:  # a grayscale file, or grey pixels saved as RGB: the same to the model
+        if colour_training and not is_colour:  # a grey file, or grey pixels saved as RGB
             notes.append(
                 "a grayscale image was given to a colour model, which never saw such images in "
                 "training"

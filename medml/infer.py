@@ -407,11 +407,14 @@ class InputStats:
         mean: ``(C,)`` mean over the training images of each image's mean intensity (0-255).
         std: ``(C,)`` standard deviation of the same, at least 1 intensity level.
         count: Number of training images they were computed from.
+        colour: Whether most training images are in colour (their channels differ); ``False``
+            for one channel, or grey images stored as three equal channels.
     """
 
     mean: np.ndarray
     std: np.ndarray
     count: int
+    colour: bool = False
 
     @classmethod
     def from_images(cls, images: np.ndarray) -> InputStats:
@@ -422,8 +425,13 @@ class InputStats:
                 f"images must be a non-empty (N, H, W, C) array. Received: shape={images.shape}"
             )
         means = images.mean(axis=(1, 2), dtype=np.float64)  # (N, C)
+        colour = False
+        if images.shape[-1] == 3:
+            grey = ((images[..., 0] == images[..., 1]) & (images[..., 1] == images[..., 2])).all(
+                axis=(1, 2))
+            colour = bool(grey.mean() < 0.5)
         # A floor of one intensity level keeps a near-constant dataset from flagging everything.
-        return cls(means.mean(axis=0), np.maximum(means.std(axis=0), 1.0), len(images))
+        return cls(means.mean(axis=0), np.maximum(means.std(axis=0), 1.0), len(images), colour)
 
     def zscores(self, images: np.ndarray) -> np.ndarray:
         """``(N, C)`` distance of each image's mean intensity from the training images', in std units."""
@@ -448,4 +456,5 @@ class InputStats:
         return result
 
     def as_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "count": self.count}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "count": self.count,
+                "colour": self.colour}

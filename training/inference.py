@@ -53,7 +53,8 @@ def _read_input(*, model_version: ModelVersion, source: BinaryIO, filename: str,
         return medml_batch.read_zip(
             source, shape=dataset.image_shape, class_names=list(dataset.class_names),
             preprocessing=dataset.source_preprocessing, limits=limits,
-            max_image_bytes=services_predict.prediction_limits()["max_bytes"], progress=progress)
+            max_image_bytes=services_predict.prediction_limits()["max_bytes"], progress=progress,
+            colour_training=catalog_selectors.dataset_input_stats(dataset=dataset).colour)
     raise medml_batch.BatchInputError(
         f"unsupported file type '{filename}': upload an .npz or a .zip of images")
 

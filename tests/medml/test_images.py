@@ -223,6 +223,15 @@ def test_grey_pixels_saved_as_rgb_for_a_colour_model_get_the_same_warning():
     assert warnings == []
 
 
+def test_grey_images_are_not_unusual_for_a_model_trained_on_grey_images_stored_as_rgb():
+    gray = random_image((28, 28))
+    for data in (encode(gray), encode(np.stack([gray] * 3, axis=-1))):
+        image = decode_upload(data, **LIMITS)
+        array, warnings = to_model_input(image, height=28, width=28, channels=3,
+                                         colour_training=False)
+        assert array.shape == (28, 28, 3) and warnings == []
+
+
 def test_a_floating_point_image_in_the_unit_range_is_scaled_to_0_255_and_says_so():
     unit = np.linspace(0, 1, 28 * 28, dtype=np.float32).reshape(28, 28)
     buffer = io.BytesIO()

@@ -251,6 +251,14 @@ def test_images_like_the_training_images_raise_no_intensity_warning():
     assert stats.warnings(train[:20]) == [[]] * 20
 
 
+def test_the_statistics_know_whether_the_training_images_are_in_colour():
+    colour = training_like(50, 3, 120)
+    grey_as_rgb = np.repeat(training_like(50, 1, 120), 3, axis=-1)
+    assert InputStats.from_images(colour).colour is True
+    assert InputStats.from_images(grey_as_rgb).colour is False
+    assert InputStats.from_images(training_like(50, 1, 120)).colour is False
+
+
 def test_a_much_brighter_image_than_the_training_images_is_flagged():
     train = training_like(200, 1, 80)
     stats = InputStats.from_images(train)
