@@ -355,11 +355,13 @@ class _PredictorCache:
                 return predictor
             try:
                 predictor = Predictor.from_file(path, threads=threads)
-            finally:
+            except BaseException:
                 with self._lock:
                     self._loading.pop(key, None)
-            with self._lock:
+                raise
+            with self._lock:  # in the cache before the load is over: no one starts another
                 self._items[key] = predictor
+                self._loading.pop(key, None)
                 while len(self._items) > self.capacity:
                     self._items.popitem(last=False)
             return predictor

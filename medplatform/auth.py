@@ -185,9 +185,9 @@ def unlock(username: str) -> None:
     name = _username(username)
     if not name:
         raise ValueError(f"a username is required. Received: username={username!r}")
-    # Per-address counters of the old epoch expire by themselves; the new one outlives them.
-    lifetime = max(_limit("LOGIN_LOCKOUT_WINDOW", 15 * 60), _limit("LOGIN_LOCKOUT_DURATION", 15 * 60))
-    cache.set(_epoch_key(name), uuid.uuid4().hex, timeout=lifetime)
+    # Per-address counters of the old epoch expire by themselves. The new epoch never does:
+    # were it to, the counters and locks made under it would be forgotten with it, early.
+    cache.set(_epoch_key(name), uuid.uuid4().hex, timeout=None)
     cache.delete_many([_key("user", name, "failures"), _key("user", name, "until")])
 
 

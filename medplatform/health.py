@@ -13,7 +13,7 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from kombu import Connection
@@ -67,13 +67,24 @@ def _workers_check() -> dict:
         return result
 
 
+def _is_staff(request, *, database_ok: bool) -> bool:
+    # Reading the user reads the session from the database: without one, details stay hidden
+    # and the check still answers in JSON.
+    if not database_ok:
+        return False
+    try:
+        return request.user.is_staff
+    except DatabaseError:
+        return False
+
+
 @never_cache
 def healthz(request):
     checks = {"database": _timed(_database), "broker": _timed(_broker)}
     checks["workers"] = _workers_check() if checks["broker"]["ok"] else {
         "ok": False, "detail": "broker unreachable", "ms": 0,
     }
-    if not request.user.is_staff:
+    if not _is_staff(request, database_ok=checks["database"]["ok"]):
         checks = {name: {k: v for k, v in check.items() if k != "detail"}
                   for name, check in checks.items()}
     # Web requests work without a worker (jobs wait in the queue), so workers don't fail the check.

@@ -96,3 +96,17 @@ def test_healthz_is_unavailable_when_the_broker_is_unreachable(staff_client, dea
     assert "refused" in broker["detail"].lower()
     assert body["checks"]["workers"] == {"ok": False, "detail": "broker unreachable", "ms": 0}
 
+
+
+def test_healthz_answers_json_to_a_logged_in_user_while_the_database_is_down(
+        staff_client, monkeypatch):
+    from django.db import OperationalError, connections
+
+    def refused(*args, **kwargs):
+        raise OperationalError("could not connect to server: Connection refused")
+
+    monkeypatch.setattr(connections["default"], "cursor", refused)
+    response = staff_client.get("/healthz")
+    assert response.status_code == 503 and response["Content-Type"] == "application/json"
+    database = response.json()["checks"]["database"]
+    assert database["ok"] is False and set(database) == {"ok", "ms"}  # no session: no details

@@ -9,6 +9,7 @@ cache (Redis in CI) never leak into another test or another run; nothing here cl
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -259,6 +260,19 @@ def test_unlock_login_lifts_a_usernames_locks_from_every_address(user, settings,
     # Failures counted before are forgotten too: as many again do not lock.
     for _ in range(LIMIT - 1):
         assert site_login(typist, user.username, "wrong").status_code == 200
+
+
+def test_a_lock_made_after_an_unlock_lasts_its_whole_duration(user, settings):
+    settings.LOGIN_LOCKOUT_WINDOW = settings.LOGIN_LOCKOUT_DURATION = 2  # seconds, for the test
+    address = fresh_address()
+    auth.unlock(user.username)
+    time.sleep(1.5)  # guessing resumes late in the window after the unlock
+    guesser = Client(REMOTE_ADDR=address)
+    for _ in range(LIMIT):
+        site_login(guesser, user.username, "wrong")
+    assert locked_at(address, user.username) > 0
+    time.sleep(0.7)  # past the window that followed the unlock; within the 2 s lock
+    assert locked_at(address, user.username) > 0
 
 
 def test_unlock_login_leaves_other_usernames_and_guessing_addresses_locked(user, db):
