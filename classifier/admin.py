@@ -122,8 +122,35 @@ class ServiceDeleteAdmin(admin.ModelAdmin):
         return actions
 
 
+class ModelVersionAdminForm(forms.ModelForm):
+    def clean_visibility(self):
+        visibility = self.cleaned_data["visibility"]
+        for alias in self.instance.aliases.select_related("dataset"):
+            problem = services_registry.alias_audience_problem(
+                dataset_visibility=alias.dataset.visibility, model_visibility=visibility)
+            if problem:
+                raise forms.ValidationError(
+                    f"'{alias.name}' of {alias.dataset} names this model, and {problem}. "
+                    "Promote another model first.")
+        return visibility
+
+
+class DatasetAdminForm(forms.ModelForm):
+    def clean_visibility(self):
+        visibility = self.cleaned_data["visibility"]
+        for alias in self.instance.model_aliases.select_related("model_version"):
+            problem = services_registry.alias_audience_problem(
+                dataset_visibility=visibility, model_visibility=alias.model_version.visibility)
+            if problem:
+                raise forms.ValidationError(
+                    f"'{alias.name}' names the private model {alias.model_version}, and "
+                    f"{problem}. Publish that model or promote another first.")
+        return visibility
+
+
 @admin.register(Dataset)
 class DatasetAdmin(ServiceDeleteAdmin):
+    form = DatasetAdminForm
     list_display = ["name", "task", "channels", "image_height", "total_images", "source",
                     "owner", "is_builtin", "visibility", "created_at"]
     list_filter = ["task", "source", "is_builtin", "visibility"]
@@ -200,6 +227,7 @@ class DatasetAdmin(ServiceDeleteAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(ServiceDeleteAdmin):
+    form = ModelVersionAdminForm
     list_display = ["name", "version", "architecture", "dataset", "owner", "test_accuracy",
                     "val_accuracy", "num_params", "train_seconds", "visibility", "created_at"]
     list_filter = ["architecture", "dataset", "visibility", "created_at"]

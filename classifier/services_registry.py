@@ -282,6 +282,23 @@ def _clean_reason(reason: str) -> str:
     return reason[:2000]
 
 
+def alias_audience_problem(*, dataset_visibility: str, model_visibility: str) -> str | None:
+    """Why an alias of a dataset with ``dataset_visibility`` may not name a model with
+    ``model_visibility``, or ``None``: a dataset every user sees takes only a public model,
+    since its alias is what every user is served (a private one only its owner would get)."""
+    if dataset_visibility == Visibility.PUBLIC and model_visibility != Visibility.PUBLIC:
+        return ("a dataset every user sees may only have a public model as an alias: its users "
+                "are served that model, and a private one would reach its owner alone")
+    return None
+
+
+def _check_alias_audience(dataset, model_version: ModelVersion) -> None:
+    problem = alias_audience_problem(dataset_visibility=dataset.visibility,
+                                     model_visibility=model_version.visibility)
+    if problem:
+        raise AliasError(f"{model_version} is private: {problem}; publish the model first")
+
+
 def model_alias_promote(
     *, model_version: ModelVersion, alias: str = DEFAULT_ALIAS, user, reason: str
 ) -> ModelAlias:
@@ -303,11 +320,7 @@ def model_alias_promote(
         )
     reason = _clean_reason(reason)
     dataset = model_version.dataset
-    if dataset.visibility == Visibility.PUBLIC and model_version.visibility != Visibility.PUBLIC:
-        raise AliasError(
-            f"{model_version} is private and {dataset} is seen by every user, who would not be "
-            "served it: publish the model first"
-        )
+    _check_alias_audience(dataset, model_version)
     with transaction.atomic():
         current = ModelAlias.objects.select_for_update().filter(dataset=dataset, name=alias).first()
         previous = None
@@ -361,6 +374,7 @@ def model_alias_rollback(*, dataset, alias: str, user, reason: str) -> ModelAlia
         target = ModelVersion.objects.filter(pk=target_id).first() if target_id else None
         if target is None:
             raise AliasError(f"the model {alias} named before was deleted; promote one instead")
+        _check_alias_audience(dataset, target)
         previous = current.model_version
         current.model_version = target
         current.save(update_fields=["model_version", "updated_at"])

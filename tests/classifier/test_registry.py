@@ -334,6 +334,43 @@ def test_a_private_model_is_not_promoted_on_a_dataset_every_user_sees(model_file
     assert not ModelAlias.objects.exists()
 
 
+def test_no_rollback_or_admin_change_leaves_a_public_datasets_alias_on_a_private_model(
+        model_files, owner, staff):
+    shared = DatasetFactory(builtin=True, name="Built-in blood")
+    first, second = (register_model(shared, owner, saved_model_file(model_files, seed=seed),
+                                    name=name, visibility=Visibility.PUBLIC)
+                     for seed, name in ((1, "first"), (2, "second")))
+    services_registry.model_alias_promote(model_version=first, user=staff, reason="one")
+    services_registry.model_alias_promote(model_version=second, user=staff, reason="two")
+    admin = Client()
+    admin.force_login(UserFactory(username="root", superuser=True))
+
+    # Making the production model private in the admin is refused, with the reason.
+    page = admin.post(f"/admin/classifier/modelversion/{second.pk}/change/",
+                      {"owner": owner.pk, "visibility": "private"})
+    assert page.status_code == 200 and "Promote another model first" in page.content.decode()
+    # Once the earlier model is private, rolling back to it is refused.
+    ModelVersion.objects.filter(pk=first.pk).update(visibility=Visibility.PRIVATE)
+    with pytest.raises(services_registry.AliasError, match="publish the model first"):
+        services_registry.model_alias_rollback(dataset=shared, alias="production", user=staff,
+                                               reason="back")
+    assert ModelAlias.objects.get().model_version == second
+    second.refresh_from_db()
+    assert second.visibility == Visibility.PUBLIC
+
+    # A private dataset whose alias names a private model is not published either.
+    mine = DatasetFactory(owner=owner, name="Mine")
+    kept = register_model(mine, owner, saved_model_file(model_files, seed=3), name="kept")
+    services_registry.model_alias_promote(model_version=kept, user=staff, reason="mine")
+    page = admin.post(f"/admin/classifier/dataset/{mine.pk}/change/",
+                      {"name": mine.name, "slug": mine.slug, "owner": owner.pk,
+                       "visibility": "public", "description": "", "modality": "",
+                       "license": ""})
+    assert "Publish that model or promote another first" in page.content.decode()
+    mine.refresh_from_db()
+    assert mine.visibility == Visibility.PRIVATE
+
+
 def test_alias_lists_do_not_name_models_the_reader_cannot_see(model_files, owner, staff):
     shared = DatasetFactory(builtin=True, name="Built-in blood")
     public = register_model(shared, owner, saved_model_file(model_files, seed=1), name="public",
