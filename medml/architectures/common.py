@@ -191,5 +191,10 @@ def imagenet_backbone(
     kernel, *rest = conv.get_weights()
     conv.set_weights([kernel[:, :, ::-1, :], *rest])
     # Pretrained BatchNormalization statistics stay fixed even when the backbone is unfrozen for
-    # fine-tuning, as the Keras transfer-learning guide recommends.
+    # fine-tuning, as the Keras transfer-learning guide recommends. A frozen BatchNormalization
+    # runs in inference mode; calling the backbone with training=False is not enough, since a
+    # functional model called in training passes training=True down to its nested layers.
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
     return backbone(x, training=False)

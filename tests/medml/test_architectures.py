@@ -292,6 +292,24 @@ def test_pretrained_vgg16_matches_the_official_preprocessing_and_weights(tmp_pat
 
 
 @pytest.mark.slow
+def test_pretrained_batch_norm_statistics_stay_fixed_while_the_model_trains(tmp_path):
+    reference = keras.applications.ResNet50(include_top=False, weights=None,
+                                            input_shape=(32, 32, 3))
+    _write_keras_notop_weights(
+        reference, tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    model = build_model("resnet50", input_shape=(32, 32, 3), num_classes=2,
+                        pretrained_weights=tmp_path)
+    norm = model.get_layer("backbone_resnet50").get_layer("conv1_bn")
+    before = [np.asarray(w).copy() for w in norm.weights]
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.fit(_random_images((32, 32, 3), count=8, seed=2), np.array([0, 1] * 4), epochs=1,
+              batch_size=8, verbose=0)
+    for was, now in zip(before, norm.weights, strict=True):
+        np.testing.assert_array_equal(was, np.asarray(now))  # gamma, beta and the statistics
+    assert model.get_layer("backbone_resnet50").get_layer("conv1_conv").trainable
+
+
+@pytest.mark.slow
 def test_set_backbone_trainable_freezes_the_backbone_and_keeps_batch_norm_frozen():
     model = build_model("resnet50", input_shape=(28, 28, 3), num_classes=8)
     head_weights = 2  # predictions kernel and bias

@@ -312,6 +312,7 @@ def test_report_breast_77_retrains_the_83_network_with_augmentation():
     retrained = resolve_preset("report_breast_cnn_77")
 
     assert retrained.architecture == without.architecture
+    assert retrained.batch_size == without.batch_size  # phase 1 is the 83% run, full batches
     assert retrained.two_phase
     assert retrained.phase1_epochs == without.epochs
     assert not retrained.augmentation_active(retrained.phase1_epochs)
