@@ -659,6 +659,10 @@ _PRESET_LIST: tuple[Preset, ...] = (
             "about 0.86 to 0.78 in single-seed runs."
         ),
         dataset_hint="breastmnist",
+        # Batches of 32 leave a 2-image last batch in each epoch (546 training images). Full
+        # batches of 42 were tried, judged on the validation split only (mean over seeds 0-2):
+        # val AUC, the monitored metric, 0.9635 vs. 0.9591 with 32, within its spread (0.010),
+        # and val accuracy 0.889 vs. 0.915; 32 is kept.
         config={
             "architecture": "compact_cnn",
             "epochs": 60,
