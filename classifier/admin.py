@@ -197,9 +197,12 @@ class DatasetAdmin(ServiceDeleteAdmin):
         return render(request, "admin/classifier/dataset/import.html", context)
 
     def _import_medmnist(self, request):
+        """Import the configured built-ins from ``MEDMNIST_DIR``; a missing file is downloaded
+        only when the form asks for it (a large download would hold the request)."""
+        download = request.POST.get("download") == "on"
         for flag in settings.MEDMNIST_IMPORT:
             try:
-                dataset, created = services.builtin_dataset_import(flag=flag)
+                dataset, created = services.builtin_dataset_import(flag=flag, download=download)
             except services.DatasetImportError as exc:
                 self.message_user(request, f"{flag}: {exc}", messages.ERROR)
             else:

@@ -93,22 +93,24 @@ def predictions_visible_to(*, user):
 
 
 class _ArrayCache:
-    """A few recently used datasets per process, keyed by content hash (rows never change it)."""
+    """A few recently used datasets per process, keyed by content hash and class names (rows
+    never change either; two rows may share one file under different class names)."""
 
     def __init__(self, capacity: int = 4):
         self.capacity = capacity
-        self._items: OrderedDict[str, DatasetArrays] = OrderedDict()
+        self._items: OrderedDict[tuple, DatasetArrays] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, dataset: Dataset) -> DatasetArrays:
+        key = (dataset.sha256, tuple(dataset.class_names))
         with self._lock:
-            if dataset.sha256 in self._items:
-                self._items.move_to_end(dataset.sha256)
-                return self._items[dataset.sha256]
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
         with dataset.data_file.open("rb") as fh:
             arrays = dataset_io.load_dataset_npz(fh, class_names=list(dataset.class_names))
         with self._lock:
-            self._items[dataset.sha256] = arrays
+            self._items[key] = arrays
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         return arrays

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
 from django.utils.text import slugify
 
 from classifier.models import Dataset, ModelVersion, Visibility
@@ -83,6 +84,10 @@ def _read_arrays(
     """Parse an upload; returns the arrays and, for official MedMNIST files, their metadata."""
     suffix = Path(filename).suffix.lower()
     if suffix == ".npz":
+        if image_size is not None:
+            raise dataset_io.DatasetFormatError(
+                "image_size resizes the images of a .zip; a .npz is stored at the size of its "
+                "arrays, so leave it out")
         parsed = dataset_io.parse_medmnist_filename(Path(filename).name)
         info = dataset_io.medmnist_info(parsed[0]) if parsed else None
         names = class_names or (info["class_names"] if info else None)
@@ -113,9 +118,17 @@ def _read_arrays(
     )
 
 
-@transaction.atomic
-def _create_dataset_row(**fields) -> Dataset:
-    return Dataset.objects.create(**fields)
+def _create_dataset_row(*, name: str, **fields) -> Dataset:
+    """Insert the row under a free slug; another import may take the chosen one meanwhile."""
+    for _ in range(5):
+        slug = _unique_slug(name)
+        try:
+            with transaction.atomic():
+                return Dataset.objects.create(name=name[:120], slug=slug, **fields)
+        except IntegrityError:
+            if not Dataset.objects.filter(slug=slug).exists():
+                raise  # another constraint (a built-in imported concurrently)
+    raise DatasetImportError(f"could not find a free slug for '{name}'; try again")
 
 
 def dataset_import(
@@ -143,18 +156,18 @@ def dataset_import(
             source, filename=filename, class_names=class_names, seed=seed,
             image_size=image_size, progress=progress,
         )
+        # Official files with nothing extra are kept byte for byte, so their sha256 matches the
+        # published one; anything else is rewritten in the official layout (which checks the
+        # class names given for a zip once more).
+        if arrays.extra.get("official_keys_only"):
+            source.seek(0)
+            payload: BinaryIO = source
+        else:
+            payload = io.BytesIO()
+            dataset_io.save_dataset_npz(arrays, payload)
+            payload.seek(0)
     except dataset_io.DatasetFormatError as exc:
         raise DatasetImportError(f"{filename}: {exc}") from exc
-
-    # Official files with nothing extra are kept byte for byte, so their sha256 matches the
-    # published one; anything else is rewritten in the official layout.
-    if arrays.extra.get("official_keys_only"):
-        source.seek(0)
-        payload: BinaryIO = source
-    else:
-        payload = io.BytesIO()
-        dataset_io.save_dataset_npz(arrays, payload)
-        payload.seek(0)
     digest = dataset_io.sha256_of(payload)
     payload.seek(0, io.SEEK_END)
     size_bytes = payload.tell()
@@ -166,8 +179,7 @@ def dataset_import(
     stored_name = default_storage.save(f"datasets/{digest[:16]}.npz", File(payload))
     try:
         return _create_dataset_row(
-            name=display_name[:120],
-            slug=_unique_slug(display_name),
+            name=display_name,
             description=description or (info["description"] if info else ""),
             modality=preprocessing.get("modality", ""),
             task=_task_for(arrays),
@@ -195,14 +207,30 @@ def dataset_import(
         raise
 
 
+def _uses_of(dataset: Dataset) -> str:
+    """What still refers to a dataset, e.g. "trained models (1) and training jobs (2)"."""
+    counts = [(dataset.model_versions.count(), "trained models"),
+              (dataset.training_jobs.count(), "training jobs")]
+    return " and ".join(f"{what} ({n})" for n, what in counts if n)
+
+
 def dataset_delete(*, dataset: Dataset) -> None:
-    """Delete a dataset and its stored file. Refused while models or jobs refer to it."""
-    if dataset.model_versions.exists():
-        raise DatasetImportError("this dataset has trained models; delete them first")
+    """Delete a dataset and its stored file, once committed.
+
+    Refused with ``DatasetImportError``, changing nothing, while trained models or training jobs
+    (whose history keeps its dataset) refer to it.
+    """
+    uses = _uses_of(dataset)
+    if uses:
+        raise DatasetImportError(f"this dataset is still used by {uses}")
     file_name = dataset.data_file.name
-    with transaction.atomic():
-        dataset.delete()
-        transaction.on_commit(lambda: default_storage.delete(file_name))
+    try:
+        with transaction.atomic():
+            dataset.delete()
+            transaction.on_commit(lambda: default_storage.delete(file_name))
+    except ProtectedError as exc:  # a job or model created since the check above
+        uses = _uses_of(dataset) or "a model or training job created meanwhile"
+        raise DatasetImportError(f"this dataset is still used by {uses}") from exc
 
 
 # --- MedMNIST built-ins ------------------------------------------------------------------------

@@ -40,6 +40,8 @@ MIN_IMAGES_PER_CLASS = 3
 # Without class names the class count comes from the largest label; a stray huge label must not
 # turn into millions of generated names.
 MAX_INFERRED_CLASSES = 1000
+# Class names are shown in tables and stored with every prediction, in a 255-character column.
+MAX_CLASS_NAME_LENGTH = 255
 
 _SPLIT_KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -421,6 +423,20 @@ def _checked_labels(key: str, labels: np.ndarray, count: int) -> np.ndarray:
     return labels
 
 
+def check_class_names(class_names: list[str]) -> None:
+    """Refuse class names that are empty, repeated or longer than ``MAX_CLASS_NAME_LENGTH``."""
+    for name in class_names:
+        if not name.strip():
+            raise DatasetFormatError(f"class names must not be empty: {class_names}")
+        if len(name) > MAX_CLASS_NAME_LENGTH:
+            raise DatasetFormatError(
+                f"class name '{name[:40]}…' has {len(name)} characters; the limit is "
+                f"{MAX_CLASS_NAME_LENGTH}"
+            )
+    if len(set(class_names)) != len(class_names):
+        raise DatasetFormatError(f"class names are not unique: {class_names}")
+
+
 def _validated_splits(
     raw: dict[str, tuple[np.ndarray, np.ndarray]],
     class_names: list[str] | None,
@@ -446,8 +462,7 @@ def _validated_splits(
 
     if class_names is not None:
         class_names = [str(name) for name in class_names]
-        if len(set(class_names)) != len(class_names):
-            raise DatasetFormatError(f"class names are not unique: {class_names}")
+        check_class_names(class_names)
         num_classes = len(class_names)
         for split in SPLITS:
             largest = int(splits[split][1].max())
@@ -494,7 +509,8 @@ def load_medmnist_npz(
     Raises:
         DatasetFormatError: a key is missing, an array has the wrong dtype or shape, the
             labels do not fit the images or classes, a split is empty, the file holds pickled
-            objects, or it is not a readable ``.npz`` archive.
+            objects, it is not a readable ``.npz`` archive, or ``class_names`` are empty,
+            repeated or too long (see :func:`check_class_names`).
     """
     limits = limits or ImportLimits()
     start = source.tell() if _is_file_object(source) else None
@@ -810,8 +826,9 @@ def load_image_folder_zip(
 
     Raises:
         DatasetFormatError: an unsafe, oversized, misplaced or unreadable member, a size
-            mismatch without ``image_size``, a class only in val/test, or a class with fewer
-            than 3 images when the archive has to be split.
+            mismatch without ``image_size``, a class only in val/test, a class folder name
+            longer than ``MAX_CLASS_NAME_LENGTH``, or a class with fewer than 3 images when the
+            archive has to be split.
     """
     limits = limits or ImportLimits()
     if channels not in (None, 1, 3):
@@ -870,6 +887,7 @@ def _load_image_folder_archive(
             raise DatasetFormatError(
                 f"the archive has {len(class_names)} class folder; at least 2 are needed"
             )
+        check_class_names(class_names)
         class_ids = {name: index for index, name in enumerate(class_names)}
         labels = np.array([class_ids[name] for _, name in placement], dtype=np.int64)
         names = [info.filename for info, _ in members]

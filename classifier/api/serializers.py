@@ -7,6 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from classifier.models import Dataset, ModelVersion, Visibility
+from medml import dataset_io
 
 
 class DatasetSerializer(serializers.ModelSerializer):
@@ -50,6 +51,11 @@ class ClassNamesField(serializers.Field):
             raise serializers.ValidationError("class names must not be empty")
         if len(set(names)) != len(names):
             raise serializers.ValidationError("class names must be unique")
+        too_long = [n for n in names if len(n) > dataset_io.MAX_CLASS_NAME_LENGTH]
+        if too_long:
+            raise serializers.ValidationError(
+                f"class names may have at most {dataset_io.MAX_CLASS_NAME_LENGTH} characters; "
+                f"'{too_long[0][:40]}…' has {len(too_long[0])}")
         return names
 
     def to_representation(self, value):

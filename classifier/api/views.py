@@ -25,6 +25,8 @@ from medml import dataset_io
 
 # How much of a refused file name is repeated in the error.
 _SHOWN_NAME_LENGTH = 60
+# Longest image index in a URL that is looked up.
+_MAX_INDEX_DIGITS = 18
 
 
 class _NameCheckingDjangoParser(DjangoMultiPartParser):
@@ -104,16 +106,18 @@ class DatasetViewSet(
             raise ValidationError({"file": [str(exc)]}) from exc
         return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(responses={204: None, 403: OpenApiResponse(description="Not your dataset"),
+                              409: OpenApiResponse(description="Still used; nothing deleted")})
     def destroy(self, request, *args, **kwargs):
+        """Delete your dataset with its file, unless trained models or training jobs use it
+        (409, saying which)."""
         dataset = self.get_object()
         if not request.user.is_staff and dataset.owner_id != request.user.pk:
             raise PermissionDenied("you can only delete your own datasets")
         try:
             services.dataset_delete(dataset=dataset)
-        except (services.DatasetImportError, ProtectedError) as exc:
-            return Response({"detail": str(exc) if isinstance(exc, services.DatasetImportError)
-                             else "this dataset is used by training jobs or models"},
-                            status=status.HTTP_409_CONFLICT)
+        except services.DatasetImportError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
@@ -140,6 +144,10 @@ class DatasetViewSet(
     def image(self, request, pk=None, split=None, index=None):
         """One image of a split as PNG, at its stored size."""
         dataset = self.get_object()
+        # ``\d`` also matches other scripts' digits, which cannot go into the file name header;
+        # and int() refuses thousands of digits. No split is that large anyway.
+        if not index.isascii() or len(index) > _MAX_INDEX_DIGITS:
+            raise NotFound(f"no image {index[:_MAX_INDEX_DIGITS]!r} in split '{split}'")
         try:
             png = selectors.dataset_image_png(dataset=dataset, split=split, index=int(index))
         except (KeyError, IndexError) as exc:

@@ -23,6 +23,7 @@ from tests.factories import (
     medmnist_arrays,
     npz_bytes,
 )
+from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db
 
@@ -195,6 +196,24 @@ def test_it_rejects_duplicate_class_names(alice):
     assert not Dataset.objects.exists()
 
 
+def test_it_rejects_a_class_name_longer_than_a_prediction_can_store(alice, media_root):
+    response = upload(client_for(alice), npz_bytes(), class_names=f"a,{'b' * 256},c")
+
+    assert response.status_code == 400
+    assert "at most 255 characters" in response.json()["class_names"][0]
+    assert not Dataset.objects.exists()
+    assert stored_files(media_root) == []
+
+
+def test_it_rejects_an_image_size_for_an_npz_instead_of_ignoring_it(alice, media_root):
+    response = upload(client_for(alice), npz_bytes(), image_size=64)
+
+    assert response.status_code == 400
+    assert "image_size resizes the images of a .zip" in response.json()["file"][0]
+    assert not Dataset.objects.exists()
+    assert stored_files(media_root) == []
+
+
 def test_a_user_cannot_publish_a_dataset_to_everyone(alice, media_root):
     response = upload(client_for(alice), npz_bytes(), visibility="public")
 
@@ -281,6 +300,18 @@ def test_it_keeps_a_dataset_that_trained_models(alice, media_root):
     assert Path(media_root, model.dataset.data_file.name).is_file()
 
 
+def test_it_keeps_a_dataset_that_training_jobs_use_and_says_so(alice, media_root):
+    dataset = DatasetFactory(owner=alice)
+    TrainingJob.objects.create(owner=alice, dataset=dataset, config={}, total_epochs=2)
+
+    response = client_for(alice).delete(f"/api/v1/datasets/{dataset.pk}/")
+
+    assert response.status_code == 409
+    assert response.json()["detail"] == "this dataset is still used by training jobs (1)"
+    assert Dataset.objects.filter(pk=dataset.pk).exists()
+    assert Path(media_root, dataset.data_file.name).is_file()
+
+
 # --- samples and images --------------------------------------------------------------------------
 
 
@@ -341,6 +372,19 @@ def test_an_image_index_past_the_end_is_not_found(alice):
     assert client.get(f"/api/v1/datasets/{dataset.pk}/images/train/{last}/").status_code == 200
     assert client.get(f"/api/v1/datasets/{dataset.pk}/images/train/{last + 1}/").status_code == 404
     assert client.get(f"/api/v1/datasets/{dataset.pk}/images/holdout/0/").status_code == 404
+
+
+@pytest.mark.parametrize("index", ["9" * 5000, "\u0661"], ids=["too-many-digits", "arabic-one"])
+def test_an_image_index_that_is_not_a_plain_number_is_not_found(alice, index):
+    # Both were server errors: int() refuses 5000 digits, and an Arabic-Indic digit ended up
+    # in the Content-Disposition header, which must be Latin-1.
+    dataset = DatasetFactory(owner=alice)
+    client = client_for(alice)
+    client.raise_request_exception = False
+
+    response = client.get(f"/api/v1/datasets/{dataset.pk}/images/train/{index}/")
+
+    assert response.status_code == 404
 
 
 # --- OpenAPI -------------------------------------------------------------------------------------

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from django.conf import settings
 
-from classifier import services
+from classifier import selectors, services
 from classifier.models import Dataset, Visibility
 from medml import dataset_io
 from medml.data import SPLITS
 from tests.factories import (
     TINY_CLASS_COUNTS,
+    ModelVersionFactory,
     UserFactory,
     class_folder_members,
     class_folder_zip,
@@ -27,6 +28,7 @@ from tests.factories import (
     png_bytes,
     zip_bytes,
 )
+from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db
 
@@ -194,6 +196,16 @@ BAD_UPLOADS = {
     "zip of one class": ("data.zip", class_folder_zip({"only": 9}), {},
                          "the archive has 1 class folder; at least 2 are needed"),
     "corrupt zip": ("data.zip", b"definitely not a zip", {}, "not a valid zip archive"),
+    # Names given for a zip were only checked when the arrays were rewritten, outside the
+    # handler: the error escaped as a DatasetFormatError (a 500, a traceback in the command).
+    "repeated zip class names": ("data.zip", class_folder_zip(), {"class_names": ["a", "a"]},
+                                 "class names are not unique"),
+    "empty zip class name": ("data.zip", class_folder_zip(), {"class_names": ["a", ""]},
+                             "class names must not be empty"),
+    "overlong class folder": ("data.zip", class_folder_zip({"a": 3, "b" * 300: 3}), {},
+                              "has 300 characters; the limit is 255"),
+    "image_size for an npz": ("data.npz", npz_bytes(), {"image_size": 64},
+                              "image_size resizes the images of a .zip"),
 }
 
 
@@ -248,6 +260,72 @@ def test_it_removes_the_stored_file_when_the_row_cannot_be_written(owner, media_
         import_bytes(npz_bytes(), "tiny.npz", owner)
 
     assert stored_files(media_root) == []
+
+
+def test_it_finds_another_slug_when_a_concurrent_import_took_the_chosen_one(owner, media_root,
+                                                                         monkeypatch):
+    taken = import_bytes(npz_bytes(), "scans.npz", owner)
+    chosen = iter([taken.slug])  # what a second import computed before the first one committed
+    unique_slug = services._unique_slug
+    monkeypatch.setattr(services, "_unique_slug", lambda name: next(chosen, None) or
+                        unique_slug(name))
+
+    second = import_bytes(npz_bytes(), "scans.npz", owner)
+
+    assert second.slug not in ("", taken.slug)
+    assert Dataset.objects.count() == 2
+    assert len(stored_files(media_root)) == 2
+
+
+def test_two_imports_of_one_file_read_their_own_class_names(owner):
+    payload = npz_bytes()  # stored byte for byte: both rows have the same sha256
+    first = import_bytes(payload, "a.npz", owner)
+    second = import_bytes(payload, "b.npz", owner, class_names=["x", "y", "z"])
+    assert first.sha256 == second.sha256
+
+    assert selectors.dataset_arrays(dataset=first).class_names == ["class 0", "class 1", "class 2"]
+    assert selectors.dataset_arrays(dataset=second).class_names == ["x", "y", "z"]
+
+
+# --- deletion ------------------------------------------------------------------------------------
+
+
+def test_it_refuses_to_delete_a_dataset_that_training_jobs_use(owner, media_root):
+    dataset = import_bytes(npz_bytes(), "tiny.npz", owner)
+    TrainingJob.objects.create(owner=owner, dataset=dataset, config={}, total_epochs=2)
+
+    with pytest.raises(services.DatasetImportError,
+                       match=r"^this dataset is still used by training jobs \(1\)$"):
+        services.dataset_delete(dataset=dataset)
+
+    assert Dataset.objects.filter(pk=dataset.pk).exists()
+    assert Path(media_root, dataset.data_file.name).is_file()
+
+
+def test_it_names_models_and_jobs_that_use_a_dataset(owner):
+    dataset = import_bytes(npz_bytes(), "tiny.npz", owner)
+    ModelVersionFactory(dataset=dataset)
+    for _ in range(2):
+        TrainingJob.objects.create(owner=owner, dataset=dataset, config={}, total_epochs=2)
+
+    with pytest.raises(services.DatasetImportError, match=r"trained models \(1\) and training "
+                       r"jobs \(2\)"):
+        services.dataset_delete(dataset=dataset)
+
+
+def test_it_refuses_a_delete_when_a_job_starts_using_the_dataset_meanwhile(owner, media_root,
+                                                                          monkeypatch):
+    dataset = import_bytes(npz_bytes(), "tiny.npz", owner)
+    TrainingJob.objects.create(owner=owner, dataset=dataset, config={}, total_epochs=2)
+    uses_of = services._uses_of
+    answers = iter([""])  # the check ran before the job was created
+    monkeypatch.setattr(services, "_uses_of", lambda d: next(answers, None) or uses_of(d))
+
+    with pytest.raises(services.DatasetImportError, match="still used by training jobs"):
+        services.dataset_delete(dataset=dataset)
+
+    assert Dataset.objects.filter(pk=dataset.pk).exists()
+    assert Path(media_root, dataset.data_file.name).is_file()
 
 
 # --- MedMNIST built-ins --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from classifier import services
 from classifier.models import Dataset, Visibility
 from tests.factories import (
     TINY_CLASS_COUNTS,
@@ -17,6 +18,7 @@ from tests.factories import (
     UserFactory,
     npz_bytes,
 )
+from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db
 
@@ -342,3 +344,43 @@ def test_admin_imports_the_configured_medmnist_datasets(staff_client, settings):
     assert response.status_code == 200
     assert "Imported BreastMNIST" in response.content.decode()
     assert Dataset.objects.get().is_builtin
+
+
+def test_admin_imports_medmnist_from_the_folder_and_downloads_only_when_asked(
+        staff_client, settings, tmp_path, monkeypatch):
+    settings.MEDMNIST_DIR = str(tmp_path)  # empty: breastmnist.npz is not there
+    settings.MEDMNIST_IMPORT = ["breastmnist"]
+    downloads = []
+
+    def download(flag, size, target, timeout):
+        downloads.append(flag)
+        raise services.DatasetImportError(f"could not download {flag}")
+
+    monkeypatch.setattr(services, "_download_medmnist", download)
+
+    from_folder = staff_client.post("/admin/classifier/dataset/import/",
+                                    {"import_medmnist": "1"}, follow=True)
+
+    assert downloads == []
+    assert [str(m) for m in from_folder.context["messages"]] == [
+        f"breastmnist: breastmnist.npz not found in {tmp_path}"]
+
+    staff_client.post("/admin/classifier/dataset/import/",
+                      {"import_medmnist": "1", "download": "on"}, follow=True)
+
+    assert downloads == ["breastmnist"]
+    assert not Dataset.objects.exists()
+
+
+def test_admin_keeps_a_dataset_that_training_jobs_use(staff_client, media_root):
+    dataset = DatasetFactory(name="Trained on")
+    TrainingJob.objects.create(owner=dataset.owner, dataset=dataset, config={}, total_epochs=2)
+
+    response = staff_client.post(f"/admin/classifier/dataset/{dataset.pk}/delete/",
+                                 {"post": "yes"})
+
+    assert response.status_code == 200
+    assert "would require deleting the following protected related objects" in (
+        response.content.decode())
+    assert Dataset.objects.filter(pk=dataset.pk).exists()
+    assert Path(media_root, dataset.data_file.name).is_file()

@@ -241,6 +241,22 @@ def test_it_rejects_a_label_out_of_range_for_the_class_names(tmp_path):
     )
 
 
+@pytest.mark.parametrize("names, problem", [
+    (["ok", "   ", "fine"], "class names must not be empty"),
+    (["ok", "x" * 256, "fine"], "has 256 characters; the limit is 255"),
+    (["ok", "ok", "fine"], "class names are not unique"),
+])
+def test_it_rejects_empty_overlong_or_repeated_class_names(tmp_path, names, problem):
+    # A prediction stores its class name in a 255-character column.
+    _rejects(tmp_path, make_arrays(), problem, class_names=names)
+
+
+def test_it_rejects_a_class_folder_name_longer_than_the_limit(tmp_path):
+    path = write_zip(tmp_path / "long.zip", class_folders(classes=("cat", "d" * 300)))
+    with pytest.raises(DatasetFormatError, match="has 300 characters; the limit is 255"):
+        load_image_folder_zip(path)
+
+
 def test_it_rejects_negative_labels(tmp_path):
     arrays = make_arrays()
     arrays["train_labels"] = arrays["train_labels"].astype(np.int64)
