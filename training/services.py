@@ -297,7 +297,9 @@ class _JobHooks:
             self._beat(**fields)
 
     def on_batch_end(self, *, epoch: int, batch: int, total_batches: int) -> None:
-        self._beat_if_due(batch_progress=batch / max(total_batches, 1))
+        # The epochs before the one in progress are done: once an ensemble member stops early,
+        # the next member's batches move the job past the epochs the first left unused.
+        self._beat_if_due(current_epoch=epoch - 1, batch_progress=batch / max(total_batches, 1))
 
     def on_epoch_end(self, *, epoch: int, total_epochs: int, metrics: dict) -> None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()

@@ -4,6 +4,7 @@ window.MedCharts = (function () {
   const SVG = "http://www.w3.org/2000/svg";
   // The charts' viewBox (600 x 240) and the margins around the plot.
   const W = 600, H = 240, L = 44, R = 10, T = 10, B = 26;
+  const MAX_MARKED_EPOCHS = 60;  // wider charts draw lines without a marker per point
 
   function el(name, attrs, text) {
     const node = document.createElementNS(SVG, name);
@@ -13,24 +14,27 @@ window.MedCharts = (function () {
   }
 
   // [epoch, value] of every history entry that recorded `key`, split into runs: an ensemble's
-  // members are separate trainings, drawn as one line each rather than joined across members.
+  // members are separate trainings, drawn as one line each rather than joined across members,
+  // and an epoch without a value (a diverged loss, say) breaks the line rather than being bridged.
   function runs(history, key) {
     const out = [];
-    let member;
+    let member, open = false;
     history.forEach((entry, i) => {
       const value = entry[key];
-      if (typeof value !== "number" || !isFinite(value)) return;
+      if (typeof value !== "number" || !isFinite(value)) { open = false; return; }
       const point = [typeof entry.epoch === "number" ? entry.epoch : i + 1, value];
-      if (out.length && entry.member === member) out[out.length - 1].push(point);
+      if (open && entry.member === member) out[out.length - 1].push(point);
       else out.push([point]);
+      open = true;
       member = entry.member;
     });
     return out;
   }
 
   // Clears `svg` and draws each of `series` ({runs, colour, attrs}): a polyline per run (with the
-  // series' extra attributes) and a marker per point, so a single epoch still shows. With no
-  // point at all it shows `emptyText` and returns false.
+  // series' extra attributes) and, while the chart has few epochs, a marker per point, so a single
+  // epoch still shows (a run of one point always has its marker). With no point at all it shows
+  // `emptyText` and returns false.
   function draw(svg, series, emptyText) {
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     const all = series.flatMap((s) => s.runs.flat());
@@ -53,6 +57,7 @@ window.MedCharts = (function () {
       for (const run of s.runs) {
         svg.appendChild(el("polyline", { points: run.map((p) => sx(p[0]) + "," + sy(p[1])).join(" "),
           fill: "none", stroke: s.colour, "stroke-width": 2, "vector-effect": "non-scaling-stroke", ...s.attrs }));
+        if (run.length > 1 && x1 - x0 > MAX_MARKED_EPOCHS) continue;  // markers would blur into a band
         run.forEach((p) => svg.appendChild(el("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: s.colour })));
       }
     });

@@ -21,25 +21,28 @@
   function fmt(v, digits) { return typeof v === "number" ? v.toFixed(digits) : "—"; }
 
   function render(job) {
+    const active = ACTIVE.includes(job.status);
+    const cancelling = active && job.cancel_requested;
     const status = $("job-status");
-    status.textContent = LABELS[job.status] || job.status;
+    status.textContent = cancelling ? "Cancelling…" : LABELS[job.status] || job.status;
     status.className = "status status-" + job.status;
     $("job-epoch").textContent = job.current_epoch;
     $("job-total").textContent = job.total_epochs;
+    // Member m of an ensemble owns the epochs (m-1)*epochs+1 to m*epochs; the job's epoch counts
+    // those done, or left unused by a member that stopped early.
     const size = (job.config || {}).ensemble_size || 1;
     if (size > 1) {
-      const epochs = job.config.epochs;
-      const member = Math.min(size, Math.floor(Math.max(job.current_epoch - 1, 0) / epochs) + 1);
+      const member = Math.min(size, Math.floor(job.current_epoch / job.config.epochs) + 1);
       $("job-member").textContent = " · member " + member + " of " + size;
     }
     $("job-device").textContent = job.device || "—";
     $("job-worker").textContent = job.worker_host || "—";
     const pct = Math.round(job.progress * 100);
-    const bar = document.querySelector("#job-progress .bar");
-    bar.style.width = pct + "%";
+    $("job-progress").setAttribute("aria-valuenow", pct);
+    document.querySelector("#job-progress .bar").style.width = pct + "%";
     document.querySelector("#job-progress .label").textContent = pct + "%";
     $("job-error").textContent = job.error || "";
-    $("cancel-form").hidden = !ACTIVE.includes(job.status);
+    $("cancel-form").hidden = !active || cancelling;
     const retry = $("retry-form");  // absent once the job was retried
     if (retry) retry.hidden = job.retried_as != null || !["failed", "cancelled"].includes(job.status);
     // The page renders the model's name and test accuracy; keep them when it already has.
@@ -68,16 +71,34 @@
     if (atBottom) log.scrollTop = log.scrollHeight;
   }
 
+  // Polls while the job is queued or running: every second, less often after errors, not while
+  // the tab is hidden, and no more once the job has finished or the server answers what asking
+  // again cannot change (signed out, no such job).
   let delay = 1000;
+  function later(ms) {
+    setTimeout(() => {
+      if (document.hidden) document.addEventListener("visibilitychange", poll, { once: true });
+      else poll();
+    }, ms);
+  }
   function poll() {
     fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
       .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
       .then((job) => {
         render(job);
         delay = 1000;
-        if (ACTIVE.includes(job.status)) setTimeout(poll, delay);
+        if (ACTIVE.includes(job.status)) later(delay);
       })
-      .catch(() => { delay = Math.min(delay * 2, 15000); setTimeout(poll, delay); });
+      .catch((status) => {
+        if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
+          const note = $("job-updates");
+          note.textContent = "Live updates stopped (the server answered " + status + "): reload the page.";
+          note.hidden = false;
+          return;
+        }
+        delay = Math.min(delay * 2, 15000);
+        later(delay);
+      });
   }
   poll();
 })();

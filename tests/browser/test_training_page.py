@@ -135,3 +135,151 @@ def test_an_ensemble_job_shows_its_members_one_after_the_other(page, live_server
     assert page.locator("#chart-loss polyline.series-loss").count() == 2
     assert "ensemble of 2 members" in page.locator("#job-log").inner_text()
     assert ModelVersion.objects.get().config["ensemble_size"] == 2
+
+
+# --- The live view, on jobs written straight to the database (no worker) ------------------------
+
+
+@pytest.fixture
+def watcher(page, live_server, login):
+    """A signed-in user with a dataset; ``watcher.job(**fields)`` adds a job of theirs."""
+    user = UserFactory(username="wren")
+    dataset = DatasetFactory(owner=user, name="Tiny blood", class_counts=TINY_COUNTS)
+    login(page, live_server, "wren", PASSWORD)
+
+    class Watcher:
+        @staticmethod
+        def job(**fields) -> TrainingJob:
+            config = {"architecture": "compact_cnn", "epochs": 10, **fields.pop("config", {})}
+            return TrainingJob.objects.create(
+                owner=user, dataset=dataset, config=config, preset="smoke", name="a run",
+                total_epochs=config["epochs"] * config.get("ensemble_size", 1), **fields)
+
+        @staticmethod
+        def open(job: TrainingJob, rows: int) -> None:
+            """Open the job's page and wait until its script has drawn ``rows`` epochs."""
+            page.goto(f"{live_server.url}/jobs/{job.pk}/")
+            page.wait_for_function(
+                f"() => document.querySelectorAll('#history-table tbody tr').length === {rows}")
+
+    return Watcher
+
+
+def epochs_of(member: int, count: int, epochs: int = 10) -> list[dict]:
+    """History entries of an ensemble member that trained ``count`` of its ``epochs``."""
+    offset = (member - 1) * epochs
+    return [{"epoch": offset + e, "member": member, "loss": 1.0 / e, "accuracy": 0.5,
+             "val_loss": 1.1 / e, "val_accuracy": 0.5, "val_auc": None} for e in range(1, count + 1)]
+
+
+@pytest.mark.parametrize("member_1_epochs", [3, 10], ids=["stopped-early", "all-epochs"])
+def test_the_second_member_shows_as_training_once_the_first_is_done(
+        page, watcher, member_1_epochs):
+    # Member 2's batches have moved the job's epoch to the end of member 1's ten, whether member 1
+    # trained them all or stopped early (the worker's part: tests/training/test_services.py).
+    job = watcher.job(config={"ensemble_size": 2}, status=TrainingJob.Status.RUNNING,
+                      current_epoch=10, batch_progress=0.5,
+                      history=epochs_of(1, member_1_epochs))
+    watcher.open(job, rows=member_1_epochs)
+    assert page.locator("#job-member").inner_text().strip() == "· member 2 of 2"
+    # Member 1's epochs are all behind: the job is half done, and half an epoch more.
+    assert page.locator("#job-progress .label").inner_text() == "53%"
+    assert page.locator("#job-progress").get_attribute("aria-valuenow") == "53"
+
+    # Member 2's first epoch ends.
+    TrainingJob.objects.filter(pk=job.pk).update(
+        current_epoch=11, batch_progress=0.0,
+        history=epochs_of(1, member_1_epochs) + epochs_of(2, 1))
+    page.wait_for_function("() => document.getElementById('job-epoch').textContent === '11'")
+    assert page.locator("#job-member").inner_text().strip() == "· member 2 of 2"
+    assert page.locator("#job-progress .label").inner_text() == "55%"
+    assert page.locator("#chart-loss polyline.series-loss").count() == 2
+
+
+def test_cancelling_from_the_job_page_asks_first_and_then_shows_cancelling(page, watcher):
+    job = watcher.job(status=TrainingJob.Status.RUNNING, current_epoch=1,
+                      history=epochs_of(1, 1))
+    watcher.open(job, rows=1)
+    questions = []
+
+    def answer(dialog, accept):
+        questions.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", lambda dialog: answer(dialog, False))
+    page.click("#cancel-button")
+    page.wait_for_timeout(500)
+    assert questions == [f"Cancel job #{job.pk}? A cancelled job cannot resume; retrying it starts "
+                         "again from the first epoch."]
+    job.refresh_from_db()
+    assert not job.cancel_requested
+
+    page.once("dialog", lambda dialog: answer(dialog, True))
+    with page.expect_navigation():
+        page.click("#cancel-button")
+    job.refresh_from_db()
+    assert job.cancel_requested and len(questions) == 2
+    page.wait_for_function("() => document.querySelectorAll('#history-table tbody tr').length")
+    assert page.locator("#job-status").inner_text() == "Cancelling…"
+    assert page.locator("#cancel-form").is_hidden()
+
+
+def api_requests(page, job) -> list[str]:
+    """The job page's requests for the job's JSON, as they happen."""
+    seen: list[str] = []
+    page.on("request", lambda request: seen.append(request.url)
+            if request.url.endswith(f"/api/v1/training-jobs/{job.pk}/") else None)
+    return seen
+
+
+def test_the_job_page_stops_polling_once_the_server_refuses(page, watcher):
+    job = watcher.job(status=TrainingJob.Status.RUNNING, current_epoch=1,
+                      history=epochs_of(1, 1))
+    seen = api_requests(page, job)
+    watcher.open(job, rows=1)
+    page.context.clear_cookies()  # signed out, as by another tab
+    with page.expect_response(lambda r: r.url.endswith(f"/training-jobs/{job.pk}/")
+                              and r.status in (401, 403)):
+        pass
+    refused = len(seen)
+    page.wait_for_timeout(3500)  # the old backoff asked again after 2 s, then every 4, 8, 15 s
+    assert len(seen) == refused
+    assert "reload the page" in page.locator("#job-updates").inner_text()
+
+
+def test_the_job_page_does_not_poll_from_a_hidden_tab(page, watcher):
+    job = watcher.job(status=TrainingJob.Status.RUNNING, current_epoch=1,
+                      history=epochs_of(1, 1))
+    seen = api_requests(page, job)
+    watcher.open(job, rows=1)
+    page.evaluate("() => Object.defineProperty(document, 'hidden', "
+                  "{ configurable: true, get: () => window.tabHidden === true })")
+    page.evaluate("() => { window.tabHidden = true; }")
+    page.wait_for_timeout(1500)  # a request already under way may still finish
+    hidden_since = len(seen)
+    page.wait_for_timeout(3000)
+    assert len(seen) == hidden_since
+
+    with page.expect_request(re.compile(rf"/api/v1/training-jobs/{job.pk}/$")):
+        page.evaluate("() => { window.tabHidden = false;"
+                      " document.dispatchEvent(new Event('visibilitychange')); }")
+
+
+def test_the_curves_break_where_a_value_is_missing_and_drop_markers_over_many_epochs(
+        page, watcher):
+    diverged = watcher.job(status=TrainingJob.Status.FAILED, current_epoch=4, history=[
+        {"epoch": e, "loss": loss, "val_loss": 1.0 - e / 10, "accuracy": 0.5}
+        for e, loss in enumerate([1.0, None, 0.8, 0.7], start=1)])
+    watcher.open(diverged, rows=4)
+    lines = page.locator("#chart-loss polyline.series-loss")
+    assert [line.get_attribute("points").count(",") for line in lines.all()] == [1, 2]
+    assert page.locator("#chart-loss polyline.series-val_loss").count() == 1
+    assert page.locator("#history-table tbody tr").nth(1).locator("td").nth(1).inner_text() == "—"
+    assert page.locator("#chart-loss circle").count() == 7  # few epochs: every point marked
+
+    long = watcher.job(config={"epochs": 300}, status=TrainingJob.Status.RUNNING,
+                       current_epoch=300, history=[
+                           {"epoch": e, "loss": 1.0 / e, "val_loss": 1.2 / e} for e in range(1, 301)])
+    watcher.open(long, rows=300)
+    assert page.locator("#chart-loss polyline").count() == 2
+    assert page.locator("#chart-loss circle").count() == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pytest_django.asserts import assertContains, assertNotContains, assertRedirects
 
@@ -104,8 +106,8 @@ def test_a_value_the_form_refuses_is_shown_and_nothing_is_queued(browser_client,
                                                   "epochs": "0"})
     assert response.status_code == 200
     assert response.context["form"].errors["epochs"]
-    assertContains(response, '<div class="error">Ensure this value is greater than or equal to '
-                             '1.</div>', html=True)
+    assertContains(response, '<div class="error" id="id_epochs_error">Ensure this value is greater '
+                             'than or equal to 1.</div>', html=True)
     assert not TrainingJob.objects.exists()
 
 
@@ -215,3 +217,48 @@ def test_retrying_a_succeeded_job_shows_why_it_cannot(browser_client, owner, dat
     assert messages_on(response) == [
         f"job #{job.pk} is succeeded; only failed or cancelled jobs retry"]
     assert TrainingJob.objects.count() == 1
+
+
+def test_every_description_a_launch_form_field_points_to_is_on_the_page(browser_client, dataset):
+    response = browser_client.post("/jobs/new/", {"dataset": dataset.pk, "preset": "smoke",
+                                                  "epochs": "0", "ensemble_size": "11"})
+    page = response.content.decode()
+    described = re.findall(r'aria-describedby="([^"]+)"', page)
+    ids = [target for value in described for target in value.split()]
+    assert {"id_epochs_error", "id_ensemble_size_helptext", "id_ensemble_size_error"} <= set(ids)
+    for target in ids:
+        assert f'id="{target}"' in page, f"{target} is described by nothing on the page"
+    assertContains(response, '<div class="error" id="id_ensemble_size_error">Ensure this value is '
+                             'less than or equal to 10.</div>', html=True)
+
+
+def test_the_job_page_renders_an_accessible_progress_bar_at_the_jobs_progress(
+        browser_client, owner, dataset):
+    job = job_of(owner, dataset, status=Status.RUNNING, current_epoch=1, batch_progress=0.5)
+    response = browser_client.get(f"/jobs/{job.pk}/")
+    assertContains(response, '<div class="progress" id="job-progress" role="progressbar" '
+                             'aria-label="Training progress" aria-valuemin="0" aria-valuemax="100" '
+                             'aria-valuenow="75"><div class="bar" style="width: 75%"></div>'
+                             '<span class="label">75%</span></div>', html=True)
+
+
+def test_a_job_asked_to_cancel_shows_it_is_cancelling_and_offers_no_second_cancel(
+        browser_client, owner, dataset):
+    job = job_of(owner, dataset, status=Status.RUNNING)
+    browser_client.post(f"/jobs/{job.pk}/cancel/")
+    page = browser_client.get(f"/jobs/{job.pk}/")
+    assertContains(page, '<span id="job-status" class="status status-running">Cancelling…</span>',
+                   html=True)
+    assert re.search(r'<form [^>]*id="cancel-form"[^>]* hidden>', page.content.decode())
+    listed = browser_client.get("/jobs/")
+    assertContains(listed, "Cancelling…")
+    assertNotContains(listed, f'action="/jobs/{job.pk}/cancel/"')
+
+
+def test_the_cancel_buttons_ask_for_confirmation(browser_client, owner, dataset):
+    job = job_of(owner, dataset, status=Status.RUNNING)
+    for url in (f"/jobs/{job.pk}/", "/jobs/"):
+        response = browser_client.get(url)
+        assert re.search(rf'<form method="post" action="/jobs/{job.pk}/cancel/"[^>]* '
+                         rf'data-confirm="Cancel job #{job.pk}\? [^"]+"', response.content.decode())
+        assertContains(response, "/static/js/confirm.js")

@@ -318,6 +318,20 @@ def test_a_job_being_evaluated_shows_its_device_and_keeps_its_heartbeat(new_job,
     assert seen == {"device": job.device, "beat": True} and job.device.startswith("CPU")
 
 
+def test_batches_of_the_next_member_move_the_job_past_epochs_an_early_stop_left_unused(new_job):
+    # Member 1 of an ensemble of 10-epoch members stopped after epoch 3; member 2's batches say
+    # that the job is 10 epochs in, so its page names member 2 and its progress counts 10 epochs.
+    job = new_job(epochs=10, ensemble_size=2)
+    token = services.training_job_claim(job_id=job.pk)
+    hooks = services._JobHooks(job.pk, token)
+    hooks.on_epoch_end(epoch=3, total_epochs=20, metrics={"loss": 0.5})
+    hooks._last_beat = 0.0  # the next heartbeat is due
+    hooks.on_batch_end(epoch=11, batch=2, total_batches=4)
+    job.refresh_from_db()
+    assert (job.current_epoch, job.batch_progress) == (10, 0.5)
+    assert job.progress == pytest.approx(10.5 / 20)
+
+
 # --- cancelling ----------------------------------------------------------------------------------
 
 

@@ -1,12 +1,14 @@
 import json
+import shutil
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 from tqdm import tqdm
 
 from classifier.models import Dataset
 from training import services
-from training.models import TrainingJob
+from training.models import ACTIVE_STATUSES, TrainingJob
 
 
 def _parse_value(text: str):
@@ -65,7 +67,11 @@ class Command(BaseCommand):
         except ConfigError as exc:
             raise CommandError(f"invalid configuration: {exc.errors}") from exc
         self.stdout.write(f"Training job #{job.pk}: {job.config['architecture']} on {dataset.name}")
-        outcome = self._run_with_progress(job)
+        try:
+            outcome = self._run_with_progress(job)
+        except KeyboardInterrupt:
+            self._cancel_interrupted(job)
+            raise CommandError(f"job #{job.pk} cancelled: interrupted") from None
         job.refresh_from_db()
         if job.status != TrainingJob.Status.SUCCEEDED:
             raise CommandError(f"job #{job.pk} {outcome}: {job.error or job.status}")
@@ -82,6 +88,15 @@ class Command(BaseCommand):
             name=f"{config['architecture']} on {dataset.name} (command line)",
             total_epochs=services.config_total_epochs(config),
         )
+
+    def _cancel_interrupted(self, job: TrainingJob) -> None:
+        """Ctrl-C stops the run for good: left running, the job would be handed by the sweep to a
+        worker (its heartbeats having stopped), which would resume it."""
+        if TrainingJob.objects.filter(pk=job.pk, status__in=ACTIVE_STATUSES).update(
+                status=TrainingJob.Status.CANCELLED, cancel_requested=True,
+                finished_at=timezone.now(), batch_progress=0.0):
+            services._append_log(job.pk, "cancelled: the train command was interrupted")
+        shutil.rmtree(services.job_workdir(job.pk), ignore_errors=True)
 
     def _run_with_progress(self, job: TrainingJob) -> str:
         bar = tqdm(total=job.total_epochs, unit="epoch", desc=f"job #{job.pk}", disable=None)
