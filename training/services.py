@@ -198,10 +198,40 @@ def training_job_retry(*, job: TrainingJob) -> TrainingJob:
     return new
 
 
+def training_job_delete(*, job: TrainingJob) -> None:
+    """Delete a finished job (failed, cancelled or succeeded); its checkpoints once committed.
+
+    The job's state is read again under a row lock, so a job that a stale copy shows finished is
+    not deleted while it runs. What the job leads to stays: a succeeded job's model remains in
+    the registry (the link is the job's, ``model_version``), and a retry of the job, or the job
+    it retried, loses only its link to this one (``retry_of`` is set to null). Deleting a job
+    that is already gone (a double click, another tab) does nothing.
+
+    Raises:
+        JobStateError: for a queued or running job; nothing is changed.
+    """
+    workdir = job_workdir(job.pk)
+    with transaction.atomic():
+        locked = TrainingJob.objects.select_for_update().filter(pk=job.pk).first()
+        if locked is None:
+            return
+        if locked.is_active:
+            if locked.cancel_requested:
+                raise JobStateError(f"job #{locked.pk} is being cancelled; delete it once it "
+                                    f"has stopped")
+            raise JobStateError(f"job #{locked.pk} is {locked.status}; cancel it first: only "
+                                f"finished jobs can be deleted")
+        locked.delete()
+        transaction.on_commit(lambda: shutil.rmtree(workdir, ignore_errors=True))
+    logger.info("job %s deleted (%s)", job.pk, locked.status)
+
+
 def _append_log(job_id: int, *lines: str) -> None:
     stamp = timezone.now().strftime("%H:%M:%S")
     with transaction.atomic():
-        job = TrainingJob.objects.select_for_update().only("log").get(pk=job_id)
+        job = TrainingJob.objects.select_for_update().only("log").filter(pk=job_id).first()
+        if job is None:  # deleted (a finished job, while its worker still evaluated its model)
+            return
         job.log = (job.log + [f"{stamp} {line}" for line in lines])[-MAX_LOG_LINES:]
         TrainingJob.objects.filter(pk=job_id).update(log=job.log)
 
@@ -634,6 +664,6 @@ def training_jobs_sweep(*, queued_grace: float | None = None) -> int:
 
 __all__ = [
     "ACTIVE_STATUSES", "JobStateError", "training_job_cancel", "training_job_claim",
-    "training_job_create", "training_job_retry", "training_job_run", "training_jobs_sweep",
-    "validate_training_config",
+    "training_job_create", "training_job_delete", "training_job_retry", "training_job_run",
+    "training_jobs_sweep", "validate_training_config",
 ]

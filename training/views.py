@@ -1,4 +1,4 @@
-"""Training pages: launch, list, watch, cancel, retry."""
+"""Training pages: launch, list, watch, cancel, retry, delete."""
 
 from __future__ import annotations
 
@@ -75,6 +75,23 @@ def job_retry(request, pk: int):
         return redirect("job-detail", pk=job.pk)
     messages.success(request, f"Queued job #{new.pk} (attempt {new.attempt}).")
     return redirect("job-detail", pk=new.pk)
+
+
+@login_required
+@require_POST
+def job_delete(request, pk: int):
+    job = selectors.training_job_get_for_user(user=request.user, pk=pk)
+    try:
+        services.training_job_delete(job=job)
+    except services.JobStateError as exc:
+        messages.error(request, str(exc))
+        if request.POST.get("next") == "list":
+            return redirect("job-list")
+        return redirect("job-detail", pk=job.pk)
+    kept = (f" Its model {job.model_version} stays in the registry." if job.model_version_id
+            else "")
+    messages.success(request, f"Deleted training job #{pk} and its checkpoints.{kept}")
+    return redirect("job-list")
 
 
 # --- Batch inference -----------------------------------------------------------------------------

@@ -43,6 +43,7 @@
     document.querySelector("#job-progress .label").textContent = pct + "%";
     $("job-error").textContent = job.error || "";
     $("cancel-form").hidden = !active || cancelling;
+    $("delete-form").hidden = active;  // only finished jobs can be deleted
     const retry = $("retry-form");  // absent once the job was retried
     if (retry) retry.hidden = job.retried_as != null || !["failed", "cancelled"].includes(job.status);
     // The page renders the model's name and test accuracy; keep them when it already has.

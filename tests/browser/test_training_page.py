@@ -77,6 +77,9 @@ def test_a_user_launches_a_smoke_run_and_watches_it_finish_without_reloading(
     assert page.locator("#job-epoch").inner_text() == "2"
     assert page.locator("#job-total").inner_text() == "2"
     assert page.locator("#job-progress .label").inner_text() == "100%"
+    # Finished: it can be deleted, no longer cancelled (the page was rendered while it was queued).
+    assert page.locator("#delete-button").is_visible()
+    assert not page.locator("#cancel-button").is_visible()
     page.wait_for_function(  # the bar's width is animated
         "() => { const bar = document.querySelector('#job-progress .bar');"
         " return bar.style.width === '100%'"

@@ -254,6 +254,8 @@ MATRIX: dict[str, list[Probe]] = {
                                     unchanged=count(TrainingJob))],
     "jobs/<int:pk>/retry/": [Probe("post", "/jobs/{a_job}/retry/", PAGE_ACTION,
                                    unchanged=count(TrainingJob))],
+    "jobs/<int:pk>/delete/": [Probe("post", "/jobs/{a_job}/delete/", PAGE_ACTION,
+                                    unchanged=exists(TrainingJob, "a_job"), fresh=True)],
     "inference/": [
         Probe("get", "/inference/", PAGE_USERS, **BATCHES),
         Probe("post", "/inference/", {ANON: LOGIN, B: 400},
@@ -289,7 +291,10 @@ MATRIX: dict[str, list[Probe]] = {
               data={"dataset": "{a_dataset}", "preset": "smoke"}, unchanged=count(TrainingJob)),
     ],
     "api/v1/^training-jobs/(?P<pk>[^/.]+)/$": [
-        Probe("get", "/api/v1/training-jobs/{a_job}/", API_OWNER)],
+        Probe("get", "/api/v1/training-jobs/{a_job}/", API_OWNER),
+        Probe("delete", "/api/v1/training-jobs/{a_job}/", {ANON: 401, A: 204, B: 404, STAFF: 204},
+              unchanged=exists(TrainingJob, "a_job"), fresh=True),
+    ],
     "api/v1/^training-jobs/(?P<pk>[^/.]+)/cancel/$": [
         Probe("post", "/api/v1/training-jobs/{a_job}/cancel/", {ANON: 401, A: 409, B: 404, STAFF: 409},
               unchanged=count(TrainingJob))],

@@ -271,3 +271,118 @@ def test_the_presets_endpoint_lists_the_report_recipes_with_their_accuracy(api):
         "report_breast_cnn_83": 0.83, "report_breast_cnn_77": 0.77,
     }
     assert presets["smoke"]["config"]["epochs"] == 2
+
+
+# --- deleting ------------------------------------------------------------------------------------
+
+
+def with_checkpoints(job: TrainingJob):
+    from training.services import job_workdir
+
+    workdir = job_workdir(job.pk)
+    workdir.mkdir(parents=True)
+    (workdir / "last.keras").write_bytes(b"checkpoint")
+    return workdir
+
+
+@pytest.mark.parametrize("status", [Status.FAILED, Status.CANCELLED, Status.SUCCEEDED])
+def test_deleting_a_finished_job_removes_it_and_its_checkpoints(
+        api, owner, status, django_capture_on_commit_callbacks):
+    job = job_of(owner)
+    TrainingJob.objects.filter(pk=job.pk).update(status=status)
+    workdir = with_checkpoints(job)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.delete(f"{JOBS}{job.pk}/")
+    assert response.status_code == 204
+    assert not TrainingJob.objects.filter(pk=job.pk).exists()
+    assert not workdir.exists()
+    assert api.get(f"{JOBS}{job.pk}/").status_code == 404
+
+
+@pytest.mark.parametrize("status", [Status.QUEUED, Status.RUNNING])
+def test_deleting_an_active_job_is_a_conflict_that_changes_nothing(
+        api, owner, status, django_capture_on_commit_callbacks):
+    job = job_of(owner)
+    TrainingJob.objects.filter(pk=job.pk).update(status=status)
+    workdir = with_checkpoints(job)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.delete(f"{JOBS}{job.pk}/")
+    assert response.status_code == 409
+    assert f"job #{job.pk} is {status}" in response.json()["detail"]
+    assert "cancel it first" in response.json()["detail"]
+    job.refresh_from_db()
+    assert job.status == status and not job.cancel_requested
+    assert workdir.exists()
+
+
+def test_another_users_job_cannot_be_deleted(api, other_user, django_capture_on_commit_callbacks):
+    theirs = job_of(other_user)
+    TrainingJob.objects.filter(pk=theirs.pk).update(status=Status.FAILED)
+    workdir = with_checkpoints(theirs)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.delete(f"{JOBS}{theirs.pk}/")
+    assert response.status_code == 404
+    assert TrainingJob.objects.filter(pk=theirs.pk, status=Status.FAILED).exists()
+    assert workdir.exists()
+
+
+def test_staff_may_delete_another_users_finished_job(other_user,
+                                                     django_capture_on_commit_callbacks):
+    theirs = job_of(other_user)
+    TrainingJob.objects.filter(pk=theirs.pk).update(status=Status.CANCELLED)
+    staff = APIClient()
+    staff.force_authenticate(UserFactory(username="root", staff=True))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff.delete(f"{JOBS}{theirs.pk}/").status_code == 204
+    assert not TrainingJob.objects.exists()
+
+
+def test_anonymous_deletes_are_refused_with_401(owner):
+    job = job_of(owner)
+    TrainingJob.objects.filter(pk=job.pk).update(status=Status.FAILED)
+    assert APIClient().delete(f"{JOBS}{job.pk}/").status_code == 401
+    assert TrainingJob.objects.filter(pk=job.pk).exists()
+
+
+def test_a_deleted_jobs_model_stays_and_its_api_works(api, owner,
+                                                      django_capture_on_commit_callbacks):
+    from tests.factories import ModelVersionFactory
+
+    dataset = DatasetFactory(owner=owner)
+    model = ModelVersionFactory(dataset=dataset, owner=owner, name="kept-model")
+    job = TrainingJob.objects.create(owner=owner, dataset=dataset, config={"epochs": 1},
+                                     total_epochs=1, status=Status.SUCCEEDED, model_version=model)
+    assert api.get(f"{JOBS}{job.pk}/").json()["model_version"] == model.pk
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"{JOBS}{job.pk}/").status_code == 204
+    assert ModelVersion.objects.filter(pk=model.pk).exists()
+    detail = api.get(f"/api/v1/models/{model.pk}/")
+    assert detail.status_code == 200 and detail.json()["name"] == "kept-model"
+    assert model.pk in [row["id"] for row in api.get("/api/v1/models/").json()["results"]]
+    assert api.get(f"/api/v1/models/{model.pk}/card/").status_code == 200
+
+
+def test_a_retry_and_the_job_it_retried_survive_each_others_deletion(
+        api, owner, django_capture_on_commit_callbacks):
+    first = job_of(owner)
+    TrainingJob.objects.filter(pk=first.pk).update(status=Status.FAILED)
+    with django_capture_on_commit_callbacks(execute=False):
+        retry_id = api.post(f"{JOBS}{first.pk}/retry/").json()["id"]
+    TrainingJob.objects.filter(pk=retry_id).update(status=Status.FAILED)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"{JOBS}{retry_id}/").status_code == 204
+    body = api.get(f"{JOBS}{first.pk}/").json()
+    assert body["retried_as"] is None and body["status"] == "failed"
+    with django_capture_on_commit_callbacks(execute=False):
+        again = api.post(f"{JOBS}{first.pk}/retry/")
+    assert again.status_code == 201 and again.json()["attempt"] == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"{JOBS}{first.pk}/").status_code == 204
+    body = api.get(f"{JOBS}{again.json()['id']}/").json()
+    assert body["retry_of"] is None and body["attempt"] == 2
+
+
+def test_the_schema_documents_deleting_a_job(api):
+    schema = api.get("/api/v1/schema/", {"format": "json"}).json()
+    operation = schema["paths"]["/api/v1/training-jobs/{id}/"]["delete"]
+    assert {"204", "409"} <= set(operation["responses"])

@@ -262,3 +262,135 @@ def test_the_cancel_buttons_ask_for_confirmation(browser_client, owner, dataset)
         assert re.search(rf'<form method="post" action="/jobs/{job.pk}/cancel/"[^>]* '
                          rf'data-confirm="Cancel job #{job.pk}\? [^"]+"', response.content.decode())
         assertContains(response, "/static/js/confirm.js")
+
+
+# --- deleting ------------------------------------------------------------------------------------
+
+
+def with_checkpoints(job: TrainingJob):
+    from training.services import job_workdir
+
+    workdir = job_workdir(job.pk)
+    workdir.mkdir(parents=True)
+    (workdir / "last.keras").write_bytes(b"checkpoint")
+    return workdir
+
+
+DELETE_FORM = r'<form method="post" action="/jobs/{pk}/delete/"[^>]*data-confirm="Delete job #{pk}\? [^"]+"'
+
+
+@pytest.mark.parametrize("status", [Status.FAILED, Status.CANCELLED, Status.SUCCEEDED])
+def test_finished_jobs_offer_a_delete_button_that_asks_first(browser_client, owner, dataset,
+                                                             status):
+    job = job_of(owner, dataset, status=status)
+    for url in (f"/jobs/{job.pk}/", "/jobs/"):
+        page = browser_client.get(url).content.decode()
+        form = re.search(DELETE_FORM.format(pk=job.pk) + r"[^>]*>", page)
+        assert form, f"{url}: no delete form that asks first"
+        assert " hidden" not in form.group(0)
+        assert "/static/js/confirm.js" in page
+
+
+@pytest.mark.parametrize("status", [Status.QUEUED, Status.RUNNING])
+def test_active_jobs_offer_no_delete_button(browser_client, owner, dataset, status):
+    job = job_of(owner, dataset, status=status)
+    page = browser_client.get(f"/jobs/{job.pk}/").content.decode()
+    assert re.search(DELETE_FORM.format(pk=job.pk) + r"[^>]* hidden>", page)
+    assertNotContains(browser_client.get("/jobs/"), f'action="/jobs/{job.pk}/delete/"')
+
+
+@pytest.mark.parametrize("data", [{}, {"next": "list"}])
+def test_the_delete_button_deletes_a_finished_job_and_its_checkpoints(
+        browser_client, owner, dataset, data, django_capture_on_commit_callbacks):
+    job = job_of(owner, dataset, status=Status.FAILED)
+    workdir = with_checkpoints(job)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = browser_client.post(f"/jobs/{job.pk}/delete/", data)
+    # From the job's page or the list, the list is where one lands: the job's page is gone.
+    assertRedirects(response, "/jobs/", fetch_redirect_response=False)
+    listed = browser_client.get(response.url)
+    assert f"Deleted training job #{job.pk} and its checkpoints." in messages_on(listed)
+    assertNotContains(listed, f'data-job="{job.pk}"')
+    assert not TrainingJob.objects.filter(pk=job.pk).exists()
+    assert not workdir.exists()
+    assert browser_client.get(f"/jobs/{job.pk}/").status_code == 404
+
+
+@pytest.mark.parametrize("status", [Status.QUEUED, Status.RUNNING])
+def test_deleting_an_active_job_shows_why_it_cannot(browser_client, owner, dataset, status,
+                                                    django_capture_on_commit_callbacks):
+    job = job_of(owner, dataset, status=status)
+    workdir = with_checkpoints(job)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = browser_client.post(f"/jobs/{job.pk}/delete/", follow=True)
+    assertRedirects(response, f"/jobs/{job.pk}/")
+    [message] = messages_on(response)
+    assert f"job #{job.pk} is {status}" in message and "cancel it first" in message
+    job.refresh_from_db()
+    assert job.status == status and not job.cancel_requested
+    assert workdir.exists()
+
+
+def test_deleting_an_active_job_from_the_list_returns_to_the_list(browser_client, owner, dataset):
+    job = job_of(owner, dataset, status=Status.RUNNING)
+    response = browser_client.post(f"/jobs/{job.pk}/delete/", {"next": "list"}, follow=True)
+    assertRedirects(response, "/jobs/")
+    assert "cancel it first" in messages_on(response)[0]
+    assert TrainingJob.objects.filter(pk=job.pk).exists()
+
+
+def test_another_users_job_cannot_be_deleted(browser_client, other_user,
+                                             django_capture_on_commit_callbacks):
+    theirs = job_of(other_user, DatasetFactory(owner=other_user), status=Status.FAILED)
+    workdir = with_checkpoints(theirs)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert browser_client.post(f"/jobs/{theirs.pk}/delete/").status_code == 404
+    assert TrainingJob.objects.filter(pk=theirs.pk, status=Status.FAILED).exists()
+    assert workdir.exists()
+
+
+def test_delete_only_accepts_posts(browser_client, owner, dataset):
+    job = job_of(owner, dataset, status=Status.FAILED)
+    assert browser_client.get(f"/jobs/{job.pk}/delete/").status_code == 405
+    assert TrainingJob.objects.filter(pk=job.pk).exists()
+
+
+def test_a_deleted_jobs_model_page_still_works(browser_client, owner, dataset,
+                                               django_capture_on_commit_callbacks):
+    from tests.factories import ModelVersionFactory
+
+    model = ModelVersionFactory(dataset=dataset, owner=owner, name="kept-model")
+    job = job_of(owner, dataset, status=Status.SUCCEEDED, model_version=model)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = browser_client.post(f"/jobs/{job.pk}/delete/", follow=True)
+    assert messages_on(response) == [f"Deleted training job #{job.pk} and its checkpoints. "
+                                     f"Its model {model} stays in the registry."]
+    assert not TrainingJob.objects.exists()
+    for url in (f"/models/{model.pk}/", "/models/", "/"):
+        response = browser_client.get(url)
+        assert response.status_code == 200, url
+        assertContains(response, "kept-model")
+        assertNotContains(response, f'href="/jobs/{job.pk}/"')
+
+
+def test_the_pages_of_a_retry_and_the_job_it_retried_survive_each_others_deletion(
+        browser_client, owner, dataset, django_capture_on_commit_callbacks):
+    first = job_of(owner, dataset, status=Status.FAILED)
+    retry = job_of(owner, dataset, status=Status.FAILED, attempt=2, retry_of=first)
+    page = browser_client.get(f"/jobs/{first.pk}/")
+    assertContains(page, f'href="/jobs/{retry.pk}/"')
+    with django_capture_on_commit_callbacks(execute=True):
+        browser_client.post(f"/jobs/{retry.pk}/delete/")
+    page = browser_client.get(f"/jobs/{first.pk}/")
+    assert page.status_code == 200
+    assertNotContains(page, f'href="/jobs/{retry.pk}/"')
+    assertContains(page, f'action="/jobs/{first.pk}/retry/"')  # it may be retried again
+
+    third = job_of(owner, dataset, status=Status.CANCELLED, attempt=2, retry_of=first)
+    with django_capture_on_commit_callbacks(execute=True):
+        browser_client.post(f"/jobs/{first.pk}/delete/")
+    for url in (f"/jobs/{third.pk}/", "/jobs/"):
+        response = browser_client.get(url)
+        assert response.status_code == 200
+        assertNotContains(response, f'href="/jobs/{first.pk}/"')
+    assertContains(browser_client.get(f"/jobs/{third.pk}/"), "<dd>2</dd>", html=True)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action, api_view
 from rest_framework.exceptions import ValidationError
@@ -19,8 +19,8 @@ def config_errors_response(exc) -> ValidationError:
 
 
 class TrainingJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
-                         viewsets.GenericViewSet):
-    """Training jobs: launch, watch, cancel and retry."""
+                         mixins.DestroyModelMixin, viewsets.GenericViewSet):
+    """Training jobs: launch, watch, cancel, retry and delete."""
 
     serializer_class = TrainingJobSerializer
 
@@ -52,6 +52,20 @@ class TrainingJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             raise config_errors_response(exc) from exc
         return Response(TrainingJobSerializer(job).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(responses={204: None, 409: OpenApiResponse(
+        description="The job is queued or running (cancel it first); nothing was deleted")})
+    def destroy(self, request, *args, **kwargs):
+        """Delete a finished job (failed, cancelled or succeeded) and its checkpoints.
+
+        A succeeded job's model stays in the registry; a retry of the job keeps its attempt
+        number and loses only its ``retry_of`` link.
+        """
+        try:
+            services.training_job_delete(job=self.get_object())
+        except services.JobStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(request=None, responses={200: TrainingJobSerializer})
     @action(detail=True, methods=["post"])
