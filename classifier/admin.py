@@ -11,8 +11,10 @@ from django.db.models import ProtectedError
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.utils.translation import gettext
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 
 from classifier import services, services_predict, services_registry
+from classifier.api.views import limit_upload_size, upload_refusal
 from classifier.models import (
     Dataset,
     ModelAlias,
@@ -26,12 +28,21 @@ from medml import dataset_io
 
 
 class DatasetUploadForm(forms.Form):
-    file = forms.FileField(help_text="A MedMNIST-style .npz or a .zip of class-named folders.")
+    file = forms.FileField(help_text="A MedMNIST-style .npz or a .zip of class-named folders.",
+                           required=False)  # checked in clean_file, with the upload's refusal
     name = forms.CharField(max_length=120, required=False)
     visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.PUBLIC)
 
+    def __init__(self, *args, refusal: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.refusal = refusal  # why the upload was stopped while it streamed in (see upload_refusal)
+
     def clean_file(self):
         upload = self.cleaned_data["file"]
+        if self.refusal:
+            raise forms.ValidationError(self.refusal)
+        if not upload:
+            raise forms.ValidationError("choose a file to upload")
         if upload.size > settings.DATASET_UPLOAD_MAX_BYTES:
             raise forms.ValidationError(
                 f"the file is {upload.size} bytes; the limit is {settings.DATASET_UPLOAD_MAX_BYTES}"
@@ -171,7 +182,16 @@ class DatasetAdmin(ServiceDeleteAdmin):
         services.dataset_delete(dataset=obj)
 
     def get_urls(self):
-        extra = [path("import/", self.admin_site.admin_view(self.import_view),
+        protected = csrf_protect(self.import_view)
+
+        @csrf_exempt  # checked by ``protected``, once the upload limit is in place
+        def limited_import_view(request):
+            # Before the body is read, which the CSRF check does: a file past the limit stops
+            # while it streams in, before it reaches the disk.
+            limit_upload_size(request, settings.DATASET_UPLOAD_MAX_BYTES)
+            return protected(request)
+
+        extra = [path("import/", self.admin_site.admin_view(limited_import_view),
                       name="classifier_dataset_import")]
         return extra + super().get_urls()
 
@@ -179,7 +199,10 @@ class DatasetAdmin(ServiceDeleteAdmin):
         """Upload a dataset file from the admin console, or import the MedMNIST folder."""
         if request.method == "POST" and "import_medmnist" in request.POST:
             return self._import_medmnist(request)
-        form = DatasetUploadForm(request.POST or None, request.FILES or None)
+        posted = request.method == "POST"  # a stopped upload may leave no field at all
+        form = DatasetUploadForm(request.POST if posted else None,
+                                 request.FILES if posted else None,
+                                 refusal=upload_refusal(request))
         if request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["file"]
             try:

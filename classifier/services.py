@@ -88,10 +88,13 @@ def _read_arrays(
             raise dataset_io.DatasetFormatError(
                 "image_size resizes the images of a .zip; a .npz is stored at the size of its "
                 "arrays, so leave it out")
-        parsed = dataset_io.parse_medmnist_filename(Path(filename).name)
-        info = dataset_io.medmnist_info(parsed[0]) if parsed else None
+        # Official only by name *and* published MD5; a file merely named like one is an ordinary
+        # upload (generic class names unless given, no MedMNIST licence or preprocessing).
+        info = dataset_io.official_medmnist_info(Path(filename).name, source)
         names = class_names or (info["class_names"] if info else None)
         arrays = dataset_io.load_medmnist_npz(source, class_names=names, limits=import_limits())
+        if not arrays.extra.get("official_keys_only"):
+            info = None  # rewritten before storing, so the stored bytes are not the checked ones
         if class_names:  # as for a zip: each name given must be a class the images have
             present = set(arrays.labels("train").tolist())
             unused = [name for i, name in enumerate(arrays.class_names) if i not in present]
@@ -240,20 +243,41 @@ def medmnist_filename(flag: str, size: int = 28) -> str:
     return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
 
 
+class _DownloadTooLarge(Exception):
+    """A download past ``MEDMNIST_DOWNLOAD_MAX_BYTES``; turned into a DatasetImportError."""
+
+
 def _download_medmnist(flag: str, size: int, target: Path, timeout: float) -> None:
-    """Fetch an official file from the address in the ``medmnist`` package's metadata."""
+    """Fetch an official file from the address in the ``medmnist`` package's metadata.
+
+    Reads at most ``MEDMNIST_DOWNLOAD_MAX_BYTES``; a larger answer is refused and nothing is kept.
+    """
     info = dataset_io.medmnist_info(flag)
     if not info:
         raise DatasetImportError(f"'{flag}' is not a MedMNIST 2D dataset")
-    url, md5 = info["urls"].get(size), info["md5s"].get(size)
+    url, md5 = info["urls"].get(size), dataset_io.published_md5(flag, size)
     if not url:
         raise DatasetImportError(f"MedMNIST publishes no {size}x{size} file for '{flag}'")
+    limit = settings.MEDMNIST_DOWNLOAD_MAX_BYTES
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:  # noqa: S310
+            declared = getattr(response, "headers", {}).get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > limit:
+                raise _DownloadTooLarge(f"its Content-Length is {declared} bytes")
             hasher = hashlib.md5()  # noqa: S324 - the published checksum is MD5
+            received = 0
             while chunk := response.read(1 << 20):
+                received += len(chunk)
+                if received > limit:
+                    raise _DownloadTooLarge(f"more than {limit} bytes arrived")
                 hasher.update(chunk)
                 out.write(chunk)
+    except _DownloadTooLarge as exc:
+        target.unlink(missing_ok=True)
+        raise DatasetImportError(
+            f"download of {flag} ({url}) refused: {exc}, over MEDMNIST_DOWNLOAD_MAX_BYTES "
+            f"({limit}); nothing was kept"
+        ) from exc
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         target.unlink(missing_ok=True)
         raise DatasetImportError(
@@ -284,6 +308,8 @@ def builtin_dataset_import(
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory())) / filename
             _download_medmnist(flag, size, tmp, settings.MEDMNIST_DOWNLOAD_TIMEOUT)
             local = tmp
+        else:
+            _check_published_md5(flag, size, local)
         digest = dataset_io.sha256_of(local)
         existing = Dataset.objects.filter(is_builtin=True, source_detail=filename).first()
         if existing and existing.sha256 == digest:
@@ -302,6 +328,26 @@ def builtin_dataset_import(
             except IntegrityError:  # imported concurrently by another process
                 return Dataset.objects.get(is_builtin=True, source_detail=filename), False
         return dataset, True
+
+
+def _check_published_md5(flag: str, size: int, local: Path) -> None:
+    """Refuse a file in ``MEDMNIST_DIR`` that is not the published one.
+
+    A built-in is shown to every user as the official dataset, with MedMNIST's licence and class
+    names, and results on it are compared with the published ones; a stale, partial or edited file
+    must not become that. Importing it as an ordinary dataset instead would quietly give the admin
+    something other than what they asked for, so the import stops and says what to do.
+    """
+    expected = dataset_io.published_md5(flag, size)
+    if not expected:
+        raise DatasetImportError(
+            f"cannot check {local.name} against MedMNIST's published checksum ('{flag}' at "
+            f"{size}x{size} is unknown to the installed medmnist package, or it is not installed)")
+    actual = dataset_io.md5_of(local)
+    if actual != expected:
+        raise DatasetImportError(
+            f"{local} has MD5 {actual}, expected {expected}: it is not the official MedMNIST "
+            "file. Replace it with the official download (or upload it as an ordinary dataset).")
 
 
 def _medmnist_title(flag: str, size: int) -> str:

@@ -151,6 +151,28 @@ def parse_medmnist_filename(name: str) -> tuple[str, int] | None:
     return match.group(1), size
 
 
+def published_md5(flag: str, size: int = 28) -> str | None:
+    """The MD5 that MedMNIST publishes for its ``flag`` file at ``size``, or ``None`` if unknown."""
+    info = medmnist_info(flag)
+    return info["md5s"].get(size) if info else None
+
+
+def official_medmnist_info(name: str, source: Source) -> dict | None:
+    """:func:`medmnist_info` of the official MedMNIST file that ``source`` is, else ``None``.
+
+    A file counts as official only when its name is an official one (``bloodmnist.npz``) *and*
+    its MD5 equals the published checksum for that flag and size: a name alone is a claim anyone
+    can make. The file is hashed whole, from its start.
+    """
+    parsed = parse_medmnist_filename(name)
+    if parsed is None:
+        return None
+    expected = published_md5(*parsed)
+    if not expected or md5_of(source) != expected:
+        return None
+    return medmnist_info(parsed[0])
+
+
 # --------------------------------------------------------------------------------------------
 # Archive and upload checks shared by dataset imports and batch inputs
 
@@ -989,7 +1011,15 @@ def sha256_of(source: Source) -> str:
 
     A file object is hashed from its start and left at the position it had before.
     """
-    digest = hashlib.sha256()
+    return _hexdigest(source, hashlib.sha256())
+
+
+def md5_of(source: Source) -> str:
+    """Hex MD5 of a file's whole content (the checksum MedMNIST publishes), as :func:`sha256_of`."""
+    return _hexdigest(source, hashlib.md5())  # noqa: S324 - compared with published MD5s only
+
+
+def _hexdigest(source: Source, digest) -> str:
     if _is_file_object(source):
         position = source.tell()
         source.seek(0)

@@ -175,6 +175,9 @@ ROW_CACHE_SECONDS = env.int("ROW_CACHE_SECONDS", default=60)
 MEDMNIST_DIR = env("MEDMNIST_DIR", default=str(BASE_DIR.parent / "shared" / "data"))
 MEDMNIST_IMPORT = env.list("MEDMNIST_IMPORT", default=["bloodmnist", "breastmnist"])
 MEDMNIST_DOWNLOAD_TIMEOUT = env.float("MEDMNIST_DOWNLOAD_TIMEOUT", default=10.0)
+# A download is stopped (and nothing kept) past this size; no 2D file that fits the import
+# limits above comes close.
+MEDMNIST_DOWNLOAD_MAX_BYTES = env.int("MEDMNIST_DOWNLOAD_MAX_BYTES", default=4 * 1024**3)
 MODEL_EVALUATION_BOOTSTRAP = env.int("MODEL_EVALUATION_BOOTSTRAP", default=1000)
 MEDML_WEIGHTS_DIR = env("MEDML_WEIGHTS_DIR", default=str(VAR_DIR / "weights"))
 WORK_DIR = Path(env("MEDPLATFORM_WORK_DIR", default=str(VAR_DIR / "work")))

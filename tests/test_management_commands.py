@@ -52,6 +52,16 @@ def test_import_dataset_imports_an_npz_for_the_named_owner(tmp_path, media_root)
     assert Path(media_root, dataset.data_file.name).is_file()
 
 
+def test_import_dataset_strips_spaces_around_class_names(tmp_path):
+    UserFactory(username="carol")
+    path = tmp_path / "tiny.npz"
+    path.write_bytes(npz_bytes())
+
+    run("import_dataset", str(path), owner="carol", class_names=" adenoma, carcinoma ,normal ")
+
+    assert Dataset.objects.get().class_names == ["adenoma", "carcinoma", "normal"]
+
+
 def test_import_dataset_defaults_to_the_first_superuser_and_can_publish(tmp_path):
     admin = UserFactory(superuser=True)
     UserFactory(superuser=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
 from training import selectors, services
@@ -106,12 +108,24 @@ def _dataset_split_allowed(user, model_id: int) -> bool:
         pk=model.dataset_id).exists()
 
 
+@csrf_exempt  # checked below, once the upload limit is in place
 @login_required
 def inference_list(request):
     """Batch jobs, and the form to start one (a split of the model's dataset, or a file)."""
+    from classifier.api.views import limit_upload_size
+
+    # Before the body is read, which the CSRF check does: an upload past the limit stops while it
+    # streams in, before it reaches the disk.
+    limit_upload_size(request, settings.DATASET_UPLOAD_MAX_BYTES)
+    return _inference_list(request)
+
+
+@csrf_protect
+def _inference_list(request):
     from rest_framework.exceptions import ValidationError
 
     from classifier import selectors as catalog_selectors
+    from classifier.api.views import upload_refusal
     from training.api.inference import inference_job_from_request
     from training.models import InferenceJob
 
@@ -121,7 +135,9 @@ def inference_list(request):
         data = {"model": request.POST.get("model", ""), "split": request.POST.get("split", ""),
                 "file": request.FILES.get("file")}
         model_id = catalog_selectors.parse_id(data["model"])
-        if model_id is None:
+        if upload_refusal(request):  # once the body is read
+            errors.append(upload_refusal(request))
+        elif model_id is None:
             errors.append("choose a model")
         elif bool(data["split"]) == bool(data["file"]):
             errors.append("choose either a split of the model's dataset or a file to upload")

@@ -4,6 +4,7 @@ import html
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.db.models.deletion import ProtectedError
 from django.http import HttpResponse
 from django.http.multipartparser import MultiPartParser as DjangoMultiPartParser
@@ -12,7 +13,13 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, parsers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ParseError, PermissionDenied, ValidationError
+from rest_framework.exceptions import (
+    APIException,
+    NotFound,
+    ParseError,
+    PermissionDenied,
+    ValidationError,
+)
 from rest_framework.response import Response
 
 from classifier import selectors, services
@@ -27,6 +34,53 @@ from medml import dataset_io
 _SHOWN_NAME_LENGTH = 60
 # Longest image index in a URL that is looked up.
 _MAX_INDEX_DIGITS = 18
+
+
+class UploadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "the upload is too large"
+    default_code = "upload_too_large"
+
+
+class UploadLimitHandler(FileUploadHandler):
+    """Stops an upload once its files together pass ``limit`` bytes, while it streams in.
+
+    Put first in ``request.upload_handlers`` (see :func:`limit_upload_size`): the chunk that
+    crosses the limit never reaches the handlers that write to memory or to a temporary file,
+    and Django closes (deletes) the partial file. The rest of the body is read and dropped, not
+    stored, so that the client gets the answer with the reason rather than a reset connection;
+    the reverse proxy's body limit bounds how long that takes.
+    """
+
+    def __init__(self, request=None, *, limit: int):
+        super().__init__(request)
+        self.limit = limit
+        self.received = 0
+        self.refusal = ""
+
+    def receive_data_chunk(self, raw_data, start):
+        self.received += len(raw_data)
+        if self.received > self.limit:
+            self.refusal = (f"the file {self.file_name!r} is larger than the limit of "
+                            f"{self.limit} bytes; nothing was stored")
+            raise StopUpload(connection_reset=False)
+        return raw_data
+
+    def file_complete(self, file_size):
+        return None  # the next handler builds the uploaded file
+
+
+def limit_upload_size(request, limit: int) -> None:
+    """Make the multipart parsing of ``request`` stop, with a 413, past ``limit`` bytes of files.
+
+    Call it before the body is read (in ``initialize_request``); the parser below checks it.
+    """
+    request.upload_handlers.insert(0, UploadLimitHandler(request, limit=limit))
+
+
+def upload_refusal(request) -> str:
+    """Why :func:`limit_upload_size` stopped the upload of ``request`` ("" when it did not)."""
+    return next((h.refusal for h in request.upload_handlers if getattr(h, "refusal", "")), "")
 
 
 class _NameCheckingDjangoParser(DjangoMultiPartParser):
@@ -66,6 +120,9 @@ class CheckedNameMultiPartParser(parsers.MultiPartParser):
                              f"{settings.DATA_UPLOAD_MAX_NUMBER_FILES}") from exc
         except (TooManyFieldsSent, RequestDataTooBig) as exc:
             raise ParseError(f"the form is too large: {exc}") from exc
+        refusal = upload_refusal(request)
+        if refusal:
+            raise UploadTooLarge({"file": [refusal]})
         return parsers.DataAndFiles(data, files)
 
 
@@ -77,6 +134,11 @@ class DatasetViewSet(
 
     serializer_class = DatasetSerializer
     parser_classes = [CheckedNameMultiPartParser, parsers.FormParser, parsers.JSONParser]
+
+    def initialize_request(self, request, *args, **kwargs):
+        # Before anything reads the body: an upload past the limit must not reach the disk first.
+        limit_upload_size(request, settings.DATASET_UPLOAD_MAX_BYTES)
+        return super().initialize_request(request, *args, **kwargs)
 
     def get_queryset(self):
         return selectors.datasets_visible_to(user=self.request.user)

@@ -8,14 +8,16 @@ import pytest
 
 from classifier import services_registry
 from tests.classifier.test_registry import register_model, saved_model_file
-from tests.factories import PASSWORD, DatasetFactory, UserFactory
+from tests.factories import PASSWORD, DatasetFactory, UserFactory, medmnist_arrays, npz_bytes
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def evaluated_models(settings, tmp_path):
+def evaluated_models(settings, tmp_path, published_checksums):
     settings.MODEL_EVALUATION_BOOTSTRAP = 100
+    # Recognised as the official BloodMNIST (its published references are compared against).
+    published_checksums("bloodmnist.npz", npz_bytes(medmnist_arrays()))
     settings.MODEL_CACHE_DIR = tmp_path / "model-cache"
     owner = UserFactory(username="blair")
     dataset = DatasetFactory(owner=owner, name="BloodMNIST", filename="bloodmnist.npz")

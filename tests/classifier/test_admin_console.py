@@ -120,6 +120,50 @@ def test_datasets_cannot_be_added_in_the_admin_only_imported(admin_client):
     assert admin_client.get("/admin/classifier/dataset/import/").status_code == 200
 
 
+def upload(name: str, data: bytes):
+    buffer = ContentFile(data)
+    buffer.name = name
+    return buffer
+
+
+def test_an_admin_upload_is_imported(admin_client, media_root):
+    response = admin_client.post("/admin/classifier/dataset/import/", {
+        "file": upload("ward.npz", npz_bytes(medmnist_arrays())), "name": "Ward",
+        "visibility": Visibility.PRIVATE})
+
+    dataset = Dataset.objects.get()
+    assert response.status_code == 302 and dataset.name == "Ward"
+    assert stored(media_root, dataset.data_file.name)
+
+
+def test_an_admin_upload_over_the_limit_stops_while_it_streams_in(
+        admin_client, settings, media_root, tmp_path):
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024  # larger uploads are spooled to a temporary file
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "upload-tmp")
+    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir()
+    settings.DATASET_UPLOAD_MAX_BYTES = 256 * 1024
+
+    response = admin_client.post("/admin/classifier/dataset/import/", {
+        "file": upload("huge.npz", b"\0" * (4 * 1024 * 1024)), "visibility": Visibility.PUBLIC})
+
+    assert response.status_code == 200
+    assert response.context["form"].errors["file"] == [
+        "the file 'huge.npz' is larger than the limit of 262144 bytes; nothing was stored"]
+    assert list(Path(settings.FILE_UPLOAD_TEMP_DIR).iterdir()) == []
+    assert not Dataset.objects.exists()
+    assert not any(Path(media_root).rglob("*.npz"))
+
+
+def test_the_admin_import_page_still_checks_its_csrf_token():
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(UserFactory(username="root", superuser=True))
+    response = client.post("/admin/classifier/dataset/import/", {
+        "file": upload("ward.npz", npz_bytes(medmnist_arrays())), "visibility": Visibility.PUBLIC})
+
+    assert response.status_code == 403
+    assert not Dataset.objects.exists()
+
+
 # --- models -------------------------------------------------------------------------------------
 
 
@@ -278,9 +322,20 @@ def medmnist_folder(settings, tmp_path):
     return folder
 
 
-def builtin_breast(folder: Path, size: int) -> Dataset:
+@pytest.fixture
+def write_official(medmnist_folder, published_checksums):
+    """Writes a file into the MedMNIST folder and publishes its checksum as the official one."""
+
+    def write(filename: str, data: bytes) -> None:
+        (medmnist_folder / filename).write_bytes(data)
+        published_checksums(filename, data)
+
+    return write
+
+
+def builtin_breast(write_official, folder: Path, size: int) -> Dataset:
     arrays = medmnist_arrays(BREAST_COUNTS, size=size, channels=1, seed=size)
-    (folder / services.medmnist_filename("breastmnist", size)).write_bytes(npz_bytes(arrays))
+    write_official(services.medmnist_filename("breastmnist", size), npz_bytes(arrays))
     dataset, created = services.builtin_dataset_import(flag="breastmnist", size=size,
                                                        folder=folder, download=False)
     assert created
@@ -293,11 +348,12 @@ def reimport(client, datasets):
     }, follow=True)
 
 
-def test_reimporting_a_64x64_builtin_checks_the_64x64_file(admin_client, medmnist_folder):
-    large = builtin_breast(medmnist_folder, 64)
+def test_reimporting_a_64x64_builtin_checks_the_64x64_file(admin_client, medmnist_folder,
+                                                           write_official):
+    large = builtin_breast(write_official, medmnist_folder, 64)
     # A different 28x28 file in the folder: reading it instead would import a second dataset.
     arrays = medmnist_arrays(BREAST_COUNTS, size=28, channels=1, seed=1)
-    (medmnist_folder / "breastmnist.npz").write_bytes(npz_bytes(arrays))
+    write_official("breastmnist.npz", npz_bytes(arrays))
 
     response = reimport(admin_client, [large])
 
@@ -305,8 +361,9 @@ def test_reimporting_a_64x64_builtin_checks_the_64x64_file(admin_client, medmnis
     assert list(Dataset.objects.all()) == [large]
 
 
-def test_reimporting_a_builtin_never_downloads(admin_client, medmnist_folder, monkeypatch):
-    builtin = builtin_breast(medmnist_folder, 28)
+def test_reimporting_a_builtin_never_downloads(admin_client, medmnist_folder, write_official,
+                                               monkeypatch):
+    builtin = builtin_breast(write_official, medmnist_folder, 28)
     (medmnist_folder / "breastmnist.npz").unlink()
     downloads = []
 

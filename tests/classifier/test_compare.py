@@ -10,10 +10,10 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from classifier import selectors, services_registry
-from classifier.models import ModelVersion, Visibility
+from classifier.models import Dataset, ModelVersion, Visibility
 from medml.stats import mcnemar
 from tests.classifier.test_registry import register_model, saved_model_file
-from tests.factories import DatasetFactory, UserFactory
+from tests.factories import DatasetFactory, UserFactory, medmnist_arrays, npz_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -38,9 +38,13 @@ def owner():
 
 
 @pytest.fixture
-def blood(owner):
-    # Named like the official file, so the platform knows it as BloodMNIST (tiny arrays).
-    return DatasetFactory(owner=owner, name="BloodMNIST", filename="bloodmnist.npz")
+def blood(owner, published_checksums):
+    # Tiny arrays whose checksum the test publishes as BloodMNIST's, so the platform knows them
+    # as the official file (a name alone is not enough).
+    published_checksums("bloodmnist.npz", npz_bytes(medmnist_arrays()))
+    dataset = DatasetFactory(owner=owner, name="BloodMNIST", filename="bloodmnist.npz")
+    assert dataset.source == Dataset.Source.MEDMNIST
+    return dataset
 
 
 @pytest.fixture
@@ -103,9 +107,11 @@ def test_the_reports_published_figures_are_reference_rows_for_bloodmnist(evaluat
     assert all(r["reference"] and r["id"] is None for r in references)
 
 
-def test_breastmnist_gets_its_own_reference_rows_and_other_datasets_none(owner, model_files):
-    breast = DatasetFactory(owner=owner, filename="breastmnist.npz",
-                            class_counts={"train": [4, 4], "val": [2, 2], "test": [3, 3]},
+def test_breastmnist_gets_its_own_reference_rows_and_other_datasets_none(owner, model_files,
+                                                                        published_checksums):
+    counts = {"train": [4, 4], "val": [2, 2], "test": [3, 3]}
+    published_checksums("breastmnist.npz", npz_bytes(medmnist_arrays(counts)))
+    breast = DatasetFactory(owner=owner, filename="breastmnist.npz", class_counts=counts,
                             class_names=["malignant", "normal, benign"])
     model = register_model(breast, owner, saved_model_file(model_files, num_classes=2, seed=3),
                            name="breast")
@@ -116,6 +122,14 @@ def test_breastmnist_gets_its_own_reference_rows_and_other_datasets_none(owner, 
     own = DatasetFactory(owner=owner, filename="lesions.npz")
     plain = register_model(own, owner, saved_model_file(model_files, seed=0), name="plain")
     assert compare(api(owner), own, [plain]).json()["references"] == []
+
+
+def test_a_file_only_named_like_bloodmnist_gets_no_reference_rows(owner, model_files):
+    spoof = DatasetFactory(owner=owner, name="BloodMNIST", filename="bloodmnist.npz")
+    model = register_model(spoof, owner, saved_model_file(model_files, seed=0), name="spoof")
+
+    assert spoof.source == Dataset.Source.NPZ
+    assert compare(api(owner), spoof, [model]).json()["references"] == []
 
 
 def test_mcnemar_compares_two_models_on_their_stored_test_predictions(evaluated, blood, owner):

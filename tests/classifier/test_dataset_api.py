@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from PIL import Image
 from rest_framework.test import APIClient
 
@@ -173,9 +174,44 @@ def test_it_rejects_an_upload_over_the_configured_size_limit(alice, settings, me
 
     response = upload(client_for(alice), payload)
 
-    assert response.status_code == 400
+    assert response.status_code == 413
+    assert response.json() == {"file": [
+        f"the file 'tiny.npz' is larger than the limit of {len(payload) - 1} bytes; nothing was "
+        "stored"]}
     assert not Dataset.objects.exists()
     assert stored_files(media_root) == []
+
+
+def test_an_upload_over_the_limit_is_stopped_before_it_reaches_the_disk(
+        alice, settings, media_root, tmp_path, monkeypatch):
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024  # larger uploads are spooled to a temporary file
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "upload-tmp")
+    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir()
+    settings.DATASET_UPLOAD_MAX_BYTES = 256 * 1024
+    spooled = []
+    receive = TemporaryFileUploadHandler.receive_data_chunk
+
+    def counting(handler, raw_data, start):
+        spooled.append(len(raw_data))
+        return receive(handler, raw_data, start)
+
+    monkeypatch.setattr(TemporaryFileUploadHandler, "receive_data_chunk", counting)
+
+    response = upload(client_for(alice), b"\0" * (4 * 1024 * 1024), "huge.npz")
+
+    assert response.status_code == 413
+    assert "larger than the limit of 262144 bytes" in response.json()["file"][0]
+    assert 0 < sum(spooled) <= settings.DATASET_UPLOAD_MAX_BYTES
+    assert list(Path(settings.FILE_UPLOAD_TEMP_DIR).iterdir()) == []
+    assert not Dataset.objects.exists()
+    assert stored_files(media_root) == []
+
+
+def test_an_upload_at_the_limit_is_accepted(alice, settings):
+    payload = npz_bytes()
+    settings.DATASET_UPLOAD_MAX_BYTES = len(payload)
+
+    assert upload(client_for(alice), payload).status_code == 201
 
 
 def test_it_rejects_more_class_names_than_the_labels_use(alice, media_root):

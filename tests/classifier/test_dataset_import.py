@@ -123,6 +123,56 @@ def test_it_gives_each_import_of_one_name_its_own_slug(owner):
     assert Dataset.objects.count() == 2
 
 
+# --- official MedMNIST files: recognised by name and published checksum --------------------------
+
+
+@pytest.mark.parametrize("filename", ["bloodmnist.npz", "breastmnist_64.npz"])
+def test_a_file_only_named_like_an_official_one_is_an_ordinary_upload(owner, media_root,
+                                                                      filename):
+    payload = npz_bytes(medmnist_arrays(channels=3))
+
+    dataset = import_bytes(payload, filename, owner)
+
+    assert dataset.source == Dataset.Source.NPZ
+    assert dataset.source_detail == filename
+    assert dataset.class_names == ["class 0", "class 1", "class 2"]  # as for any .npz
+    assert dataset.license == ""
+    assert dataset.description == ""
+    assert dataset.modality == ""
+    assert dataset.source_preprocessing == {}
+    assert dataset.owner == owner and not dataset.is_builtin
+    assert Path(media_root, dataset.data_file.name).read_bytes() == payload
+
+
+def test_a_spoofed_official_name_keeps_the_class_names_given(owner):
+    dataset = import_bytes(npz_bytes(), "bloodmnist.npz", owner, class_names=["a", "b", "c"])
+
+    assert dataset.source == Dataset.Source.NPZ
+    assert dataset.class_names == ["a", "b", "c"]
+
+
+def test_an_upload_of_the_official_file_is_recognised_by_its_checksum(owner):
+    payload = shared_file("breastmnist.npz").read_bytes()
+
+    dataset = import_bytes(payload, "breastmnist.npz", owner)
+
+    assert dataset.source == Dataset.Source.MEDMNIST
+    assert dataset.sha256 == BREAST_SHA256
+    assert dataset.class_names == ["malignant", "normal, benign"]
+    assert dataset.license == "CC BY 4.0"
+    assert dataset.source_preprocessing == services.MEDMNIST_PREPROCESSING["breastmnist"]
+    assert dataset.owner == owner and dataset.visibility == Visibility.PRIVATE
+
+
+def test_the_official_bytes_under_another_size_name_are_not_official(owner):
+    payload = shared_file("breastmnist.npz").read_bytes()  # the 28x28 file, named as the 64x64
+
+    dataset = import_bytes(payload, "breastmnist_64.npz", owner)
+
+    assert dataset.source == Dataset.Source.NPZ
+    assert dataset.license == ""
+
+
 # --- a zip of class folders ----------------------------------------------------------------------
 
 
@@ -369,17 +419,48 @@ def test_it_reuses_an_identical_builtin_on_a_second_import(media_root):
     assert len(stored_files(media_root)) == 1
 
 
-def test_it_refuses_to_replace_a_builtin_whose_file_changed(tmp_path):
-    (tmp_path / "breastmnist.npz").write_bytes(npz_bytes(medmnist_arrays(
-        {"train": [6, 4], "val": [2, 2], "test": [3, 2]}, channels=None)))
+def test_it_refuses_to_replace_a_builtin_whose_file_changed(tmp_path, published_checksums):
+    def release(seed: int) -> None:  # as if MedMNIST published this file
+        payload = npz_bytes(medmnist_arrays({"train": [6, 4], "val": [2, 2], "test": [3, 2]},
+                                            channels=None, seed=seed))
+        (tmp_path / "breastmnist.npz").write_bytes(payload)
+        published_checksums("breastmnist.npz", payload)
+
+    release(seed=0)
     services.builtin_dataset_import(flag="breastmnist", folder=tmp_path)
-    (tmp_path / "breastmnist.npz").write_bytes(npz_bytes(medmnist_arrays(
-        {"train": [6, 4], "val": [2, 2], "test": [3, 2]}, channels=None, seed=1)))
+    release(seed=1)  # a new official file since the built-in was imported
 
     with pytest.raises(services.DatasetImportError, match="already exists with different contents"):
         services.builtin_dataset_import(flag="breastmnist", folder=tmp_path)
 
     assert Dataset.objects.count() == 1
+
+
+def test_it_refuses_a_builtin_whose_local_file_is_not_the_published_one(tmp_path, media_root):
+    (tmp_path / "breastmnist.npz").write_bytes(npz_bytes(medmnist_arrays(
+        {"train": [6, 4], "val": [2, 2], "test": [3, 2]}, channels=None)))
+
+    with pytest.raises(services.DatasetImportError,
+                       match=r"breastmnist\.npz has MD5 \w+, expected "
+                             r"750601b1f35ba3300ea97c75c52ff8f6: it is not the official MedMNIST"):
+        services.builtin_dataset_import(flag="breastmnist", folder=tmp_path, download=False)
+
+    assert not Dataset.objects.exists()
+    assert stored_files(media_root) == []
+
+
+def test_a_builtin_with_a_published_checksum_is_official(tmp_path, published_checksums):
+    payload = npz_bytes(medmnist_arrays({"train": [6, 4], "val": [2, 2], "test": [3, 2]},
+                                        channels=None))
+    (tmp_path / "breastmnist.npz").write_bytes(payload)
+    published_checksums("breastmnist.npz", payload)
+
+    dataset, created = services.builtin_dataset_import(flag="breastmnist", folder=tmp_path)
+
+    assert created and dataset.is_builtin
+    assert dataset.source == Dataset.Source.MEDMNIST
+    assert dataset.class_names == ["malignant", "normal, benign"]
+    assert dataset.license == "CC BY 4.0"
 
 
 def test_it_imports_bloodmnist_from_the_shared_folder(media_root):
@@ -458,6 +539,52 @@ def test_it_rejects_a_download_with_the_wrong_md5(tmp_path, media_root, monkeypa
 
     assert not Dataset.objects.exists()
     assert stored_files(media_root) == []
+
+
+class _Response(io.BytesIO):
+    """What ``urlopen`` answers: a body, its headers, and how much of it was read."""
+
+    def __init__(self, data: bytes, headers: dict | None = None):
+        super().__init__(data)
+        self.headers = headers or {}
+        self.bytes_read = 0
+
+    def read(self, size=-1):
+        chunk = super().read(size)
+        self.bytes_read += len(chunk)
+        return chunk
+
+
+def test_it_stops_a_download_past_the_size_cap_and_keeps_nothing(tmp_path, settings,
+                                                                 monkeypatch):
+    settings.MEDMNIST_DOWNLOAD_MAX_BYTES = 3 * 1024 * 1024
+    response = _Response(b"\0" * (5 * 1024 * 1024))  # no Content-Length: counted as it arrives
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: response)
+    target = tmp_path / "breastmnist.npz"
+
+    with pytest.raises(services.DatasetImportError,
+                       match=r"more than 3145728 bytes arrived, over MEDMNIST_DOWNLOAD_MAX_BYTES"):
+        services._download_medmnist("breastmnist", 28, target, timeout=1.0)
+
+    assert response.bytes_read <= 4 * 1024 * 1024  # stopped reading at the cap
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_it_refuses_a_download_whose_declared_size_is_past_the_cap(tmp_path, media_root,
+                                                                   settings, monkeypatch):
+    settings.MEDMNIST_DOWNLOAD_MAX_BYTES = 1000
+    response = _Response(b"\0" * 10, headers={"Content-Length": "5000000000"})
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: response)
+
+    with pytest.raises(services.DatasetImportError,
+                       match=r"its Content-Length is 5000000000 bytes, over "
+                             r"MEDMNIST_DOWNLOAD_MAX_BYTES \(1000\); nothing was kept"):
+        services.builtin_dataset_import(flag="breastmnist", folder=tmp_path)
+
+    assert response.bytes_read == 0
+    assert not Dataset.objects.exists()
+    assert stored_files(media_root) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_it_rejects_a_flag_that_is_not_a_medmnist_dataset(tmp_path):

@@ -20,7 +20,9 @@ from medml.dataset_io import (
     load_dataset_npz,
     load_image_folder_zip,
     load_medmnist_npz,
+    md5_of,
     medmnist_info,
+    official_medmnist_info,
     parse_medmnist_filename,
     sample_grid,
     save_dataset_npz,
@@ -630,6 +632,15 @@ def test_sha256_of_paths_and_file_objects_agree(tmp_path):
     )
 
 
+def test_md5_of_paths_and_file_objects_agree(tmp_path):
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"abc")
+    handle = io.BytesIO(b"abc")
+    handle.seek(2)
+    assert md5_of(path) == md5_of(handle) == "900150983cd24fb0d6963f7d28e17f72"
+    assert handle.tell() == 2
+
+
 def test_sample_grid_picks_up_to_per_class_indices_of_each_class(tmp_path):
     loaded = load_medmnist_npz(write_npz(tmp_path / "d.npz", make_arrays(counts=(30, 4, 5))))
     grid = sample_grid(loaded, per_class=4, seed=3)
@@ -654,8 +665,29 @@ def test_image_to_png_bytes_encodes_gray_and_color():
         image_to_png_bytes(gray.astype(np.float32))
 
 
+def test_a_name_alone_does_not_make_a_file_official(tmp_path):
+    if medmnist_info("bloodmnist") is None:
+        pytest.skip("the medmnist package is not installed")
+    spoof = write_npz(tmp_path / "bloodmnist.npz", make_arrays())
+    assert official_medmnist_info("bloodmnist.npz", spoof) is None
+    assert official_medmnist_info("mydata.npz", spoof) is None
+
+
 # --------------------------------------------------------------------------------------------
 # the real MedMNIST files, when available
+
+
+@pytest.mark.skipif(not BREAST.exists(), reason=f"{BREAST} is not available")
+def test_the_official_file_is_known_by_its_name_and_published_md5():
+    if medmnist_info("breastmnist") is None:
+        pytest.skip("the medmnist package is not installed")
+    with open(BREAST, "rb") as handle:
+        handle.seek(5)
+        assert official_medmnist_info("breastmnist.npz", handle)["flag"] == "breastmnist"
+        assert handle.tell() == 5
+        # The same bytes claiming another size, or under another name, are not it.
+        assert official_medmnist_info("breastmnist_64.npz", handle) is None
+        assert official_medmnist_info("ultrasound.npz", handle) is None
 
 
 @pytest.mark.skipif(not BREAST.exists(), reason=f"{BREAST} is not available")

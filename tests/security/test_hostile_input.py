@@ -462,6 +462,7 @@ def test_a_batch_upload_over_the_upload_limit_is_refused(platform, settings):
     archive.seek(0)
     archive.name = "scans.npz"
     response = api.post("/api/v1/inference-jobs/", {"model": model.pk, "file": archive}, format="multipart")
-    assert response.status_code == 400
-    assert "the limit is 1000" in response.json()["file"][0]
+    assert response.status_code == 413
+    assert response.json() == {"file": [
+        "the file 'scans.npz' is larger than the limit of 1000 bytes; nothing was stored"]}
     assert not InferenceJob.objects.exists()

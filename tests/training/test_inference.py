@@ -538,6 +538,69 @@ def test_a_bad_upload_on_the_page_shows_the_reason_and_creates_nothing(
     assert stored_files(media_root) == before
 
 
+@pytest.fixture
+def spooled_uploads(settings, tmp_path, monkeypatch):
+    """Uploads over 1 KiB go to a temporary folder; returns it and the bytes that reached it."""
+    from django.core.files.uploadhandler import TemporaryFileUploadHandler
+
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "upload-tmp")
+    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir()
+    spooled = []
+    receive = TemporaryFileUploadHandler.receive_data_chunk
+
+    def counting(handler, raw_data, start):
+        spooled.append(len(raw_data))
+        return receive(handler, raw_data, start)
+
+    monkeypatch.setattr(TemporaryFileUploadHandler, "receive_data_chunk", counting)
+    return Path(settings.FILE_UPLOAD_TEMP_DIR), spooled
+
+
+def test_an_upload_over_the_limit_is_stopped_while_it_streams_in(
+        api, model, settings, media_root, spooled_uploads, django_capture_on_commit_callbacks):
+    temp_dir, spooled = spooled_uploads
+    settings.DATASET_UPLOAD_MAX_BYTES = 256 * 1024
+    before = stored_files(media_root)
+
+    response = launch(api, django_capture_on_commit_callbacks, model=model.pk,
+                      file=upload("scans.npz", b"\0" * (4 * 1024 * 1024)))
+
+    assert response.status_code == 413
+    assert response.json() == {"file": [
+        "the file 'scans.npz' is larger than the limit of 262144 bytes; nothing was stored"]}
+    assert 0 < sum(spooled) <= settings.DATASET_UPLOAD_MAX_BYTES
+    assert list(temp_dir.iterdir()) == []
+    assert not InferenceJob.objects.exists()
+    assert stored_files(media_root) == before
+
+
+def test_the_page_stops_an_upload_over_the_limit_and_says_why(
+        browser_client, model, settings, media_root, spooled_uploads):
+    temp_dir, spooled = spooled_uploads
+    settings.DATASET_UPLOAD_MAX_BYTES = 256 * 1024
+
+    response = browser_client.post("/inference/", {
+        "model": model.pk, "file": upload("scans.zip", b"\0" * (4 * 1024 * 1024))})
+
+    assertContains(response, "the file &#x27;scans.zip&#x27; is larger than the limit of 262144 "
+                   "bytes; nothing was stored", status_code=400)
+    assert 0 < sum(spooled) <= settings.DATASET_UPLOAD_MAX_BYTES
+    assert list(temp_dir.iterdir()) == []
+    assert not InferenceJob.objects.exists()
+
+
+def test_the_batch_page_still_checks_its_csrf_token(owner, model):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+    assert client.get("/inference/").status_code == 200
+    response = client.post("/inference/", {"model": model.pk, "split": "test"})
+    assert response.status_code == 403
+    assert not InferenceJob.objects.exists()
+
+
 def test_the_page_asks_for_a_split_or_a_file(browser_client, model):
     response = browser_client.post("/inference/", {"model": model.pk})
     assertContains(response, "choose either a split of the model&#x27;s dataset or a file",

@@ -10,7 +10,7 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
 from classifier import selectors as catalog_selectors
-from classifier.api.views import CheckedNameMultiPartParser
+from classifier.api.views import CheckedNameMultiPartParser, limit_upload_size
 from training import inference
 from training.models import InferenceJob
 
@@ -101,6 +101,11 @@ class InferenceJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
     serializer_class = InferenceJobSerializer
     parser_classes = [CheckedNameMultiPartParser, parsers.FormParser, parsers.JSONParser]
+
+    def initialize_request(self, request, *args, **kwargs):
+        # Before anything reads the body: an upload past the limit must not reach the disk first.
+        limit_upload_size(request, settings.DATASET_UPLOAD_MAX_BYTES)
+        return super().initialize_request(request, *args, **kwargs)
 
     def get_queryset(self):
         return InferenceJob.objects.visible_to(self.request.user).select_related(

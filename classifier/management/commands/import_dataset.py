@@ -40,7 +40,7 @@ class Command(BaseCommand):
                 dataset = services.dataset_import(
                     source=fh, filename=path.name, owner=owner, name=options["name"],
                     visibility=Visibility.PUBLIC if options["public"] else Visibility.PRIVATE,
-                    class_names=(options["class_names"].split(",")
+                    class_names=([name.strip() for name in options["class_names"].split(",")]
                                  if options["class_names"] else None),
                     seed=options["seed"], image_size=options["image_size"], progress=progress,
                 )
