@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 
 from classifier import services
 from classifier.models import Dataset, Visibility
@@ -16,6 +17,7 @@ from tests.factories import (
     DatasetFactory,
     ModelVersionFactory,
     UserFactory,
+    medmnist_arrays,
     npz_bytes,
 )
 from training.models import TrainingJob
@@ -75,6 +77,47 @@ class _ImageReader(HTMLParser):
     def handle_starttag(self, tag, attrs):
         if tag == "img":
             self.sources.append(dict(attrs).get("src", ""))
+
+
+class _TermReader(HTMLParser):
+    """Terms and their descriptions of one ``<dl>``, as text."""
+
+    def __init__(self, list_id: str):
+        super().__init__()
+        self.list_id = list_id
+        self.inside = False
+        self.terms: dict[str, str] = {}
+        self.tag = ""
+        self.term = ""
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "dl" and dict(attrs).get("id") == self.list_id:
+            self.inside = True
+        elif self.inside and tag in ("dt", "dd"):
+            self.tag = tag
+            if tag == "dt":
+                self.term = ""
+
+    def handle_endtag(self, tag):
+        if tag == "dl":
+            self.inside = False
+        elif tag in ("dt", "dd"):
+            if tag == "dd":
+                self.terms[self.term] = " ".join(self.terms.get(self.term, "").split())
+            self.tag = ""
+
+    def handle_data(self, data):
+        if self.tag == "dt":
+            self.term += data.strip()
+        elif self.tag == "dd":
+            self.terms[self.term] = self.terms.get(self.term, "") + data
+
+
+def read_terms(html: str, list_id: str) -> dict[str, str]:
+    reader = _TermReader(list_id)
+    reader.feed(html)
+    assert reader.terms, f"no list #{list_id} on the page"
+    return reader.terms
 
 
 def image_sources(html: str) -> list[str]:
@@ -212,12 +255,99 @@ def test_the_dataset_page_falls_back_to_train_for_an_unknown_split(alice_client,
     assert all("/images/train/" in src for src in image_sources(response.content.decode()))
 
 
+def test_the_dataset_page_says_where_an_upload_came_from_and_who_sees_it(alice_client, alice):
+    dataset = DatasetFactory(owner=alice, filename="lesions.npz")
+
+    html = alice_client.get(f"/datasets/{dataset.pk}/").content.decode()
+
+    assert read_terms(html, "dataset-provenance") == {
+        "Source": "Uploaded .npz · lesions.npz",
+        "Licence": "not stated",
+        "Visibility": "Private (owner and staff)",
+        "Owner": "alice",
+        "Source preprocessing": "not recorded",
+    }
+
+
+def test_the_dataset_page_shows_an_official_builtins_licence_and_preprocessing(
+        alice_client, tmp_path, published_checksums):
+    payload = npz_bytes(medmnist_arrays({"train": [6, 4], "val": [2, 2], "test": [3, 2]},
+                                        channels=None))
+    (tmp_path / "breastmnist.npz").write_bytes(payload)
+    published_checksums("breastmnist.npz", payload)
+    dataset, _ = services.builtin_dataset_import(flag="breastmnist", folder=tmp_path)
+
+    html = alice_client.get(f"/datasets/{dataset.pk}/").content.decode()
+
+    assert read_terms(html, "dataset-provenance") == {
+        "Source": "MedMNIST (official) · breastmnist.npz",
+        "Licence": "CC BY 4.0",
+        "Visibility": "Public (every user)",
+        "Owner": "platform (built-in)",
+        "Source preprocessing": "channels: 1 · crop: none (full frame) · "
+                                "modality: Breast ultrasound · resize: bilinear",
+    }
+
+
 def test_another_users_private_dataset_page_is_not_found(alice_client):
     private = DatasetFactory(owner=UserFactory())
     public = DatasetFactory(owner=UserFactory(), visibility=Visibility.PUBLIC)
 
     assert alice_client.get(f"/datasets/{private.pk}/").status_code == 404
     assert alice_client.get(f"/datasets/{public.pk}/").status_code == 200
+
+
+def messages_of(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_the_owner_deletes_a_dataset_from_its_page(alice_client, alice, media_root,
+                                                  django_capture_on_commit_callbacks):
+    dataset = DatasetFactory(owner=alice, name="Ward scans")
+    page = alice_client.get(f"/datasets/{dataset.pk}/")
+    assert 'id="delete-dataset-form"' in page.content.decode()
+    assert 'data-confirm="Delete the dataset Ward scans' in page.content.decode()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = alice_client.post(f"/datasets/{dataset.pk}/delete/", follow=True)
+
+    assert response.redirect_chain == [("/datasets/", 302)]
+    assert messages_of(response) == ["Deleted the dataset Ward scans and its file."]
+    assert not Dataset.objects.filter(pk=dataset.pk).exists()
+    assert not Path(media_root, dataset.data_file.name).exists()
+
+
+def test_a_dataset_that_a_training_job_uses_is_kept_and_the_page_says_why(
+        alice_client, alice, media_root):
+    dataset = DatasetFactory(owner=alice, name="Ward scans")
+    TrainingJob.objects.create(owner=alice, dataset=dataset, config={}, total_epochs=2)
+
+    response = alice_client.post(f"/datasets/{dataset.pk}/delete/", follow=True)
+
+    assert response.redirect_chain == [(f"/datasets/{dataset.pk}/", 302)]
+    assert messages_of(response) == [
+        "Ward scans was not deleted: this dataset is still used by training jobs (1)."]
+    assert Dataset.objects.filter(pk=dataset.pk).exists()
+    assert Path(media_root, dataset.data_file.name).exists()
+
+
+def test_only_the_owner_or_staff_delete_a_dataset_and_only_by_post(alice_client, alice):
+    public = DatasetFactory(owner=UserFactory(), visibility=Visibility.PUBLIC)
+    private = DatasetFactory(owner=UserFactory())
+    builtin = DatasetFactory(builtin=True, visibility=Visibility.PUBLIC)
+    own = DatasetFactory(owner=alice)
+
+    assert 'id="delete-dataset-form"' not in alice_client.get(f"/datasets/{public.pk}/").content.decode()
+    assert alice_client.post(f"/datasets/{public.pk}/delete/").status_code == 403
+    assert alice_client.post(f"/datasets/{builtin.pk}/delete/").status_code == 403
+    assert alice_client.post(f"/datasets/{private.pk}/delete/").status_code == 404
+    assert alice_client.get(f"/datasets/{own.pk}/delete/").status_code == 405
+    assert Dataset.objects.count() == 4
+
+    staff = Client()
+    staff.force_login(UserFactory(username="root", superuser=True))
+    assert staff.post(f"/datasets/{public.pk}/delete/").status_code == 302
+    assert not Dataset.objects.filter(pk=public.pk).exists()
 
 
 def test_the_import_page_renders_the_upload_form(alice_client):
@@ -232,6 +362,28 @@ def test_the_import_page_renders_the_upload_form(alice_client):
     assert "/static/js/dataset_import.js" in html
     # Only staff may publish, so only staff get the visibility choice.
     assert 'name="visibility"' not in html
+
+
+def test_an_upload_from_the_import_page_over_the_limit_gets_the_reason(alice, settings,
+                                                                      media_root):
+    # As the page's script sends it: the session's cookie and CSRF token, multipart form data.
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    page = client.get("/datasets/import/")
+    token = page.cookies["csrftoken"].value
+    payload = npz_bytes()
+    settings.DATASET_UPLOAD_MAX_BYTES = len(payload) - 1
+
+    response = client.post("/api/v1/datasets/", {
+        "file": SimpleUploadedFile("scans.npz", payload)}, HTTP_X_CSRFTOKEN=token,
+        HTTP_ACCEPT="application/json")
+
+    assert response.status_code == 413
+    assert response.json() == {"file": [
+        f"the file 'scans.npz' is larger than the limit of {len(payload) - 1} bytes; nothing was "
+        "stored"]}
+    assert not Dataset.objects.exists()
+    assert not [path for path in Path(media_root).rglob("*") if path.is_file()]
 
 
 def test_the_import_page_offers_staff_the_visibility_choice(client):

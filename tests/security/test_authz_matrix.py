@@ -196,6 +196,12 @@ MATRIX: dict[str, list[Probe]] = {
         Probe("get", "/datasets/{a_dataset}/", PAGE_OWNER),
         Probe("get", "/datasets/{public_dataset}/", PAGE_USERS),
     ],
+    "datasets/<int:pk>/delete/": [
+        Probe("post", "/datasets/{a_spare}/delete/", PAGE_ACTION,
+              unchanged=exists(Dataset, "a_spare"), fresh=True),
+        Probe("post", "/datasets/{public_dataset}/delete/", {A: 403, B: 403},
+              unchanged=exists(Dataset, "public_dataset")),
+    ],
     "classify/": [Probe("get", "/classify/", PAGE_USERS, **MODELS)],
     "predictions/": [
         Probe("get", "/predictions/", PAGE_USERS, **PREDICTIONS),
