@@ -215,8 +215,10 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # Documents the errors every operation can answer (classifier/api/schema.py).
+    "DEFAULT_SCHEMA_CLASS": "classifier.api.schema.ApiAutoSchema",
+    # A bad ?limit= or ?offset= is a 400, and a page holds at most 500 rows.
+    "DEFAULT_PAGINATION_CLASS": "classifier.api.pagination.CheckedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_CLASSES": [
         "medplatform.throttling.AnonRateThrottle",

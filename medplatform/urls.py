@@ -41,3 +41,10 @@ urlpatterns = [
     path("", include("classifier.urls_registry")),
     path("", include("training.urls")),
 ]
+
+# Under /api/ the errors Django answers itself (no URL matched, an uncaught exception) are JSON
+# ``{"detail": ...}`` like the API's own; the site's pages keep Django's error pages.
+handler400 = "medplatform.views.bad_request"
+handler403 = "medplatform.views.permission_denied"
+handler404 = "medplatform.views.page_not_found"
+handler500 = "medplatform.views.server_error"

@@ -158,9 +158,12 @@ class PredictionFilterSerializer(serializers.Serializer):
 
 
 _FILTER_PARAMETERS = [
-    OpenApiParameter("model", int, description="Only this model's predictions."),
-    OpenApiParameter("dataset", int, description="Only predictions of models of this dataset."),
-    OpenApiParameter("label", str, description="Only this predicted class."),
+    OpenApiParameter("model", {"type": "integer", "minimum": 1},
+                     description="Only this model's predictions."),
+    OpenApiParameter("dataset", {"type": "integer", "minimum": 1},
+                     description="Only predictions of models of this dataset."),
+    OpenApiParameter("label", {"type": "string", "maxLength": 255},
+                     description="Only this predicted class."),
     OpenApiParameter("created_after", OpenApiTypes.DATE, description="On or after this day."),
     OpenApiParameter("created_before", OpenApiTypes.DATE, description="On or before this day."),
 ]

@@ -117,6 +117,17 @@ def _manageable_model(request, pk):
     return model
 
 
+_FILES_CONFLICT = OpenApiResponse(
+    description="A stored file of the model is missing, or its artifact changed since "
+                "registration")
+_NOT_MANAGER = OpenApiResponse(description="Not the model's owner or staff")
+
+
+class _NoTestImages(APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "no_test_images"
+
+
 class _Conflict(APIException):
     status_code = status.HTTP_409_CONFLICT
     default_code = "conflict"
@@ -142,13 +153,22 @@ class ModelCompareView(APIView):
 
     renderer_classes = [renderers.JSONRenderer, CSVRenderer]
 
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        # Errors are JSON, as documented, also for ``?format=csv``: the CSV renderer would
+        # write the error's Python repr as text/csv.
+        self.request.accepted_renderer = renderers.JSONRenderer()
+        self.request.accepted_media_type = renderers.JSONRenderer.media_type
+        return response
+
     @extend_schema(
         parameters=[
-            OpenApiParameter("dataset", int, required=True),
+            OpenApiParameter("dataset", {"type": "integer", "minimum": 1}, required=True),
             OpenApiParameter("models", str, required=True, description="Comma-separated model ids"),
             OpenApiParameter("format", str, enum=["json", "csv"]),
         ],
-        responses={200: OpenApiTypes.OBJECT, (200, "text/csv"): OpenApiTypes.STR},
+        responses={200: OpenApiTypes.OBJECT, (200, "text/csv"): OpenApiTypes.STR,
+                   404: OpenApiResponse(description="No such dataset visible to you")},
     )
     def get(self, request):
         dataset_id = selectors.parse_id(request.query_params.get("dataset", ""))
@@ -260,6 +280,7 @@ class ModelExportView(APIView):
 
     @extend_schema(responses={
         (200, "application/zip"): OpenApiTypes.BINARY,
+        409: _FILES_CONFLICT,
         422: OpenApiResponse(description="An exported format disagreed with Keras"),
     })
     def get(self, request, pk):
@@ -283,13 +304,18 @@ class ModelExportView(APIView):
 class ModelEvaluateView(APIView):
     """Evaluate the model on its dataset's test split now (owner or staff); returns the report."""
 
-    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(request=None, responses={
+        200: OpenApiTypes.OBJECT,
+        400: OpenApiResponse(description="The model's dataset has no test images"),
+        403: _NOT_MANAGER, 409: _FILES_CONFLICT,
+    })
     def post(self, request, pk):
         model = _manageable_model(request, pk)
         with _stored_files_of(model):
             evaluation = services_registry.model_version_evaluate(model_version=model)
         if evaluation is None:
-            raise ValidationError({"detail": [f"{model.dataset} has no test images"]})
+            # ``detail`` is a string, as in every other error that names no field.
+            raise _NoTestImages(f"{model.dataset} has no test images")
         return Response(model.metrics)
 
 
@@ -300,7 +326,8 @@ class ModelThresholdView(APIView):
     back to the most probable class.
     """
 
-    @extend_schema(request=ThresholdSerializer, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(request=ThresholdSerializer, responses={
+        200: OpenApiTypes.OBJECT, 403: _NOT_MANAGER, 409: _FILES_CONFLICT})
     def post(self, request, pk):
         model = _manageable_model(request, pk)
         form = ThresholdSerializer(data=request.data)
@@ -314,7 +341,8 @@ class ModelThresholdView(APIView):
             raise ValidationError({"target_sensitivity": [str(exc)]}) from exc
         return Response(_threshold_answer(model))
 
-    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(request=None, responses={
+        200: OpenApiTypes.OBJECT, 403: _NOT_MANAGER, 409: _FILES_CONFLICT})
     def delete(self, request, pk):
         model = _manageable_model(request, pk)
         with _stored_files_of(model):

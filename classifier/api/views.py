@@ -10,7 +10,12 @@ from django.http import HttpResponse
 from django.http.multipartparser import MultiPartParser as DjangoMultiPartParser
 from django.http.multipartparser import MultiPartParserError
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, parsers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import (
@@ -32,6 +37,8 @@ from medml import dataset_io
 
 # How much of a refused file name is repeated in the error.
 _SHOWN_NAME_LENGTH = 60
+# An id in a query parameter, as the schema gives it.
+_ID = {"type": "integer", "minimum": 1}
 # Longest image index in a URL that is looked up.
 _MAX_INDEX_DIGITS = 18
 
@@ -145,7 +152,9 @@ class DatasetViewSet(
 
     @extend_schema(
         request={"multipart/form-data": DatasetImportSerializer},
-        responses={201: DatasetSerializer, 400: OpenApiResponse(description="Rejected input")},
+        responses={201: DatasetSerializer, 400: OpenApiResponse(description="Rejected input"),
+                   413: OpenApiResponse(description="The file is larger than the upload limit; "
+                                                    "nothing was stored")},
     )
     def create(self, request, *args, **kwargs):
         form = DatasetImportSerializer(data=request.data, context={"request": request})
@@ -182,7 +191,16 @@ class DatasetViewSet(
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("split", str, enum=["train", "val", "test"],
+                             description="A split of the dataset (default train); one it does "
+                                         "not have is refused (400)."),
+            OpenApiParameter("per_class", int, description="Indices per class, 1 to 64 "
+                                                           "(default 8); out of range is capped."),
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+    )
     @action(detail=True, methods=["get"])
     def samples(self, request, pk=None):
         """A few sample image indices per class (``?split=train&per_class=8``)."""
@@ -201,7 +219,12 @@ class DatasetViewSet(
             ]
         return Response({"split": split, "classes": grid})
 
-    @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY})
+    @extend_schema(
+        parameters=[OpenApiParameter("split", str, OpenApiParameter.PATH,
+                                     enum=["train", "val", "test"]),
+                    OpenApiParameter("index", int, OpenApiParameter.PATH)],
+        responses={(200, "image/png"): OpenApiTypes.BINARY},
+    )
     @action(detail=True, methods=["get"], url_path=r"images/(?P<split>train|val|test)/(?P<index>\d+)")
     def image(self, request, pk=None, split=None, index=None):
         """One image of a split as PNG, at its stored size."""
@@ -221,6 +244,10 @@ class DatasetViewSet(
         return response
 
 
+@extend_schema_view(list=extend_schema(parameters=[
+    OpenApiParameter("dataset", _ID, description="Only models trained on this dataset; a value "
+                                                 "that is not an id is refused (400)."),
+]))
 class ModelVersionViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSet):
     """Trained models in the registry that you may see; their owner (or staff) deletes them."""
 
@@ -246,7 +273,7 @@ class ModelVersionViewSet(mixins.DestroyModelMixin, viewsets.ReadOnlyModelViewSe
 
     def get_queryset(self):
         qs = selectors.model_versions_visible_to(user=self.request.user)
-        dataset = self.request.query_params.get("dataset")
+        dataset = self.request.query_params.get("dataset") if self.action == "list" else None
         if dataset:
             dataset_id = selectors.parse_id(dataset)
             if dataset_id is None:

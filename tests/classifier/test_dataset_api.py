@@ -423,6 +423,39 @@ def test_an_image_index_that_is_not_a_plain_number_is_not_found(alice, index):
     assert response.status_code == 404
 
 
+# --- pagination ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"limit": "abc"}, "limit"), ({"limit": "0"}, "limit"), ({"limit": "-3"}, "limit"),
+    ({"limit": "1.5"}, "limit"), ({"offset": "-1"}, "offset"), ({"offset": "x"}, "offset"),
+    ({"limit": "\u0664"}, "limit"),  # an Arabic-Indic digit four
+])
+def test_a_bad_limit_or_offset_is_refused_naming_it(alice, params, field):
+    response = client_for(alice).get("/api/v1/datasets/", params)
+    # Not the first page, as if the parameter had not been given.
+    assert response.status_code == 400
+    assert list(response.json()) == [field]
+
+
+def test_a_page_holds_at_most_500_rows_and_links_to_the_next(alice, settings):
+    from classifier.api.pagination import CheckedLimitOffsetPagination
+
+    DatasetFactory(owner=alice)
+    DatasetFactory(owner=alice)
+    client = client_for(alice)
+    page = client.get("/api/v1/datasets/", {"limit": "1", "offset": "1"}).json()
+    assert page["count"] == 2 and len(page["results"]) == 1 and page["next"] is None
+
+    CheckedLimitOffsetPagination.max_limit, saved = 1, CheckedLimitOffsetPagination.max_limit
+    try:
+        page = client.get("/api/v1/datasets/", {"limit": "100000"}).json()
+    finally:
+        CheckedLimitOffsetPagination.max_limit = saved
+    assert len(page["results"]) == 1 and "limit=1" in page["next"]
+    assert saved == 500
+
+
 # --- OpenAPI -------------------------------------------------------------------------------------
 
 

@@ -236,6 +236,42 @@ def test_a_threshold_is_refused_for_a_model_with_more_than_two_classes(models, o
     assert "two-class" in response.json()["target_sensitivity"][0]
 
 
+def test_evaluating_without_test_images_is_a_400_whose_detail_is_a_string(
+        breast_model, owner, monkeypatch):
+    monkeypatch.setattr(services_registry, "model_version_evaluate", lambda **kwargs: None)
+    response = api(owner).post(f"/api/v1/models/{breast_model.pk}/evaluate/")
+    assert response.status_code == 400
+    # A string like every other ``detail``, not a list of them.
+    assert response.json() == {"detail": f"{breast_model.dataset} has no test images"}
+
+
+def test_the_dataset_filter_of_the_models_list_is_checked_and_applies_to_the_list_only(
+        models, breast_model, owner):
+    client = api(owner)
+    listed = client.get("/api/v1/models/", {"dataset": breast_model.dataset_id}).json()
+    assert [row["id"] for row in listed["results"]] == [breast_model.pk]
+    assert client.get("/api/v1/models/", {"dataset": "x"}).status_code == 400
+    # A query parameter meant for the list neither refuses nor hides a model read by its id.
+    assert client.get(f"/api/v1/models/{models[0].pk}/", {"dataset": "x"}).status_code == 200
+    assert client.get(f"/api/v1/models/{models[0].pk}/",
+                      {"dataset": breast_model.dataset_id}).status_code == 200
+
+
+@pytest.mark.parametrize("params, status, key", [
+    ({"models": "x"}, 400, "models"),
+    ({"models": "1", "dataset": "999999"}, 404, "detail"),
+])
+def test_a_refused_csv_comparison_answers_json_not_a_python_repr(dataset, owner, params, status,
+                                                                   key):
+    response = api(owner).get("/api/v1/models/compare/",
+                              {"dataset": dataset.pk, "format": "csv", **params})
+    assert response.status_code == status
+    assert response["Content-Type"] == "application/json"
+    assert key in response.json()
+    anonymous = APIClient().get("/api/v1/models/compare/", {"format": "csv"})
+    assert anonymous.status_code == 401 and anonymous.json()["detail"]
+
+
 def test_only_the_owner_or_staff_evaluate_a_model_or_set_its_threshold(breast_model, owner):
     ModelVersion.objects.filter(pk=breast_model.pk).update(visibility=Visibility.PUBLIC)
     other = api(UserFactory(username="otto"))

@@ -158,6 +158,21 @@ def test_the_list_filters_by_status(api, owner):
         [queued.pk]
 
 
+@pytest.mark.parametrize("wanted", ["bogus", "FAILED", "done"])
+def test_an_unknown_status_filter_is_refused_naming_the_states(api, owner, wanted):
+    job_of(owner)
+    response = api.get(JOBS, {"status": wanted})
+    # Not an empty list, as if no job were in that state.
+    assert response.status_code == 400
+    message = response.json()["status"][0]
+    assert all(state in message for state in Status.values)
+
+
+def test_the_status_filter_applies_to_the_list_only(api, owner):
+    job = job_of(owner)
+    assert api.get(f"{JOBS}{job.pk}/", {"status": "failed"}).json()["id"] == job.pk
+
+
 @pytest.mark.parametrize("method, suffix", [("get", ""), ("post", "cancel/"),
                                             ("post", "retry/")])
 def test_another_users_job_is_not_found(api, other_user, method, suffix):

@@ -123,7 +123,9 @@ class InferenceJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
     @extend_schema(
         request={"multipart/form-data": InferenceJobCreateSerializer},
-        responses={201: InferenceJobSerializer, 200: InferenceJobSerializer},
+        responses={201: InferenceJobSerializer, 200: InferenceJobSerializer,
+                   413: OpenApiResponse(description="The file is larger than the upload limit; "
+                                                    "nothing was stored")},
         parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
                                      description="Repeat-safe creation: the same key returns "
                                                  "the job the first request created.")],
@@ -139,9 +141,18 @@ class InferenceJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         return Response(InferenceJobSerializer(job).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.BINARY})
+    @extend_schema(
+        parameters=[OpenApiParameter("kind", str, OpenApiParameter.PATH, enum=["csv", "json"])],
+        responses={
+            (200, "text/csv"): OpenApiTypes.BINARY,
+            (200, "application/json"): OpenApiTypes.BINARY,
+            404: OpenApiResponse(description="No such job, or its results are not ready: they "
+                                             "are once the job has succeeded"),
+        },
+    )
     @action(detail=True, methods=["get"], url_path=r"results/(?P<kind>csv|json)")
     def results(self, request, pk=None, kind=None):
+        """The job's results as a download: ``csv`` (one row per image) or ``json``."""
         job = self.get_object()
         stored = job.results_csv if kind == "csv" else job.results_json
         if job.status != InferenceJob.Status.SUCCEEDED or not stored:

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action, api_view
 from rest_framework.exceptions import ValidationError
@@ -9,6 +14,7 @@ from rest_framework.response import Response
 
 from training import selectors, services
 from training.api.serializers import TrainingJobCreateSerializer, TrainingJobSerializer
+from training.models import TrainingJob
 
 # architectures/ and presets/ answer with a JSON array of objects.
 LIST_OF_OBJECTS = {"type": "array", "items": {"type": "object", "additionalProperties": True}}
@@ -18,6 +24,13 @@ def config_errors_response(exc) -> ValidationError:
     return ValidationError({"config": exc.errors})
 
 
+_STATUS_PARAMETER = OpenApiParameter(
+    "status", str, enum=TrainingJob.Status.values,
+    description="Only jobs in this state; another value is refused (400).")
+_CONFLICT = OpenApiResponse(description="The job's state does not allow this; nothing changed")
+
+
+@extend_schema_view(list=extend_schema(parameters=[_STATUS_PARAMETER]))
 class TrainingJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                          mixins.DestroyModelMixin, viewsets.GenericViewSet):
     """Training jobs: launch, watch, cancel, retry and delete."""
@@ -26,8 +39,17 @@ class TrainingJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
 
     def get_queryset(self):
         qs = selectors.training_jobs_visible_to(user=self.request.user)
+        if self.action != "list":
+            return qs
         wanted = self.request.query_params.get("status")
-        return qs.filter(status=wanted) if wanted else qs
+        if wanted is None or wanted == "":
+            return qs
+        if wanted not in TrainingJob.Status.values:
+            # A misspelt state would otherwise list nothing, as if no job had it.
+            raise ValidationError({"status": [
+                f"unknown status {wanted[:40]!r}; choose one of: "
+                f"{', '.join(TrainingJob.Status.values)}"]})
+        return qs.filter(status=wanted)
 
     @extend_schema(
         request=TrainingJobCreateSerializer,
@@ -67,7 +89,7 @@ class TrainingJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(request=None, responses={200: TrainingJobSerializer})
+    @extend_schema(request=None, responses={200: TrainingJobSerializer, 409: _CONFLICT})
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
         job = self.get_object()
@@ -77,7 +99,7 @@ class TrainingJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(TrainingJobSerializer(job).data)
 
-    @extend_schema(request=None, responses={201: TrainingJobSerializer})
+    @extend_schema(request=None, responses={201: TrainingJobSerializer, 409: _CONFLICT})
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
         job = self.get_object()
