@@ -43,7 +43,9 @@ window.MedCharts = (function () {
       return false;
     }
     const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
-    const x0 = Math.min(1, ...xs), x1 = Math.max(...xs, x0 + 1);
+    // From epoch 1 to the last one; a single epoch sits in the middle of the plot.
+    const last = Math.max(...xs), single = xs.every((x) => x === last);
+    const x0 = single ? last - 0.5 : Math.min(1, ...xs), x1 = single ? last + 0.5 : last;
     let y0 = Math.min(...ys), y1 = Math.max(...ys);
     if (y1 - y0 < 1e-9) { y0 -= 0.5; y1 += 0.5; }
     const sx = (x) => (L + ((x - x0) / (x1 - x0)) * (W - L - R)).toFixed(1);
@@ -52,7 +54,7 @@ window.MedCharts = (function () {
     svg.appendChild(el("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#c5ced9" }));
     svg.appendChild(el("text", { x: 4, y: T + 10, "font-size": 11, fill: "#5d6b7e" }, y1.toFixed(3)));
     svg.appendChild(el("text", { x: 4, y: H - B, "font-size": 11, fill: "#5d6b7e" }, y0.toFixed(3)));
-    svg.appendChild(el("text", { x: W - R, y: H - 6, "font-size": 11, fill: "#5d6b7e", "text-anchor": "end" }, "epoch " + x1));
+    svg.appendChild(el("text", { x: W - R, y: H - 6, "font-size": 11, fill: "#5d6b7e", "text-anchor": "end" }, "epoch " + last));
     series.forEach((s) => {
       for (const run of s.runs) {
         svg.appendChild(el("polyline", { points: run.map((p) => sx(p[0]) + "," + sy(p[1])).join(" "),

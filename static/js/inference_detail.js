@@ -19,11 +19,22 @@
     $("inference-delete-form").hidden = ["queued", "running"].includes(job.status);
     const body = document.querySelector("#inf-summary tbody");
     body.innerHTML = "";
-    for (const [name, count] of Object.entries(job.summary || {})) {
+    const summary = Object.entries(job.summary || {});
+    const counted = summary.reduce((sum, [, count]) => sum + count, 0);
+    for (const [name, count] of summary) {
       const tr = document.createElement("tr");
       const a = document.createElement("td"); a.textContent = name;
       const b = document.createElement("td"); b.textContent = count; b.className = "num";
-      tr.append(a, b); body.appendChild(tr);
+      const c = document.createElement("td"); c.className = "num";
+      c.textContent = counted ? (100 * count / counted).toFixed(1) + "%" : "—";
+      tr.append(a, b, c); body.appendChild(tr);
+    }
+    if (!summary.length) {
+      const tr = document.createElement("tr");
+      const td = document.createElement("td");
+      td.colSpan = 3; td.className = "empty";
+      td.textContent = ["queued", "running"].includes(job.status) ? "No predictions yet." : "No predictions.";
+      tr.appendChild(td); body.appendChild(tr);
     }
     const report = job.report || {};
     if (report.accuracy !== undefined) {

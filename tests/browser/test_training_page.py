@@ -286,3 +286,15 @@ def test_the_curves_break_where_a_value_is_missing_and_drop_markers_over_many_ep
     watcher.open(long, rows=300)
     assert page.locator("#chart-loss polyline").count() == 2
     assert page.locator("#chart-loss circle").count() == 0
+
+
+def test_a_single_epoch_is_drawn_in_the_middle_of_a_chart_labelled_with_it(page, watcher):
+    job = watcher.job(config={"epochs": 1}, status=TrainingJob.Status.SUCCEEDED, current_epoch=1,
+                      history=epochs_of(1, 1, epochs=1))
+    watcher.open(job, rows=1)
+    chart = page.locator("#chart-loss")
+    assert "epoch 1" in chart.locator("text").all_text_contents()
+    xs = {float(x) for x in chart.locator("circle").evaluate_all("cs => cs.map(c => c.getAttribute('cx'))")}
+    assert len(xs) == 1
+    # The plot spans x = 44 to 590 of the chart's 600 units (charts.js margins).
+    assert abs(xs.pop() - (44 + 590) / 2) < 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -536,3 +537,54 @@ def test_admin_keeps_a_dataset_that_training_jobs_use(staff_client, media_root):
         response.content.decode())
     assert Dataset.objects.filter(pk=dataset.pk).exists()
     assert Path(media_root, dataset.data_file.name).is_file()
+
+
+# --- navigation, empty states and units ----------------------------------------------------------
+
+
+def current_sections(html: str) -> list[str]:
+    """Texts of the main navigation's links marked as the current page."""
+    return re.findall(r'<a href="[^"]*" class="active" aria-current="page">([^<]+)</a>', html)
+
+
+def test_dataset_pages_mark_datasets_as_the_current_section(alice_client, alice):
+    dataset = DatasetFactory(owner=alice)
+
+    for path in ("/datasets/", f"/datasets/{dataset.pk}/", "/datasets/import/"):
+        assert current_sections(alice_client.get(path).content.decode()) == ["Datasets"], path
+    assert current_sections(alice_client.get("/").content.decode()) == []
+
+
+def test_the_class_balance_gives_each_class_share_of_train_in_percent(alice_client, alice):
+    dataset = DatasetFactory(owner=alice)
+
+    response = alice_client.get(f"/datasets/{dataset.pk}/")
+
+    table = read_table(response.content.decode(), "class-balance")
+    assert [row[-1] for row in table["tbody"]] == ["40%", "33%", "27%"]  # of 12, 10 and 8 of 30
+
+
+def test_empty_pages_link_to_the_next_step(alice_client):
+    home = alice_client.get("/").content.decode()
+    assert re.search(r'No training jobs yet — <a href="/jobs/new/">launch one</a>', home)
+    assert re.search(r'No trained models yet — <a href="/jobs/new/">train one</a>', home)
+    datasets = alice_client.get("/datasets/").content.decode()
+    assert re.search(r'No datasets yet — <a href="/datasets/import/">import one</a>', datasets)
+    models = alice_client.get("/models/").content.decode()
+    assert re.search(r'No models yet — <a href="/jobs/new/">train one</a>', models)
+    classify = alice_client.get("/classify/").content.decode()
+    assert re.search(r'No trained model is available to you yet — <a href="/jobs/new/">train one</a>',
+                     classify)
+    predictions = alice_client.get("/predictions/").content.decode()
+    assert re.search(r'No predictions\. <a href="/classify/">Classify an image</a>', predictions)
+
+
+def test_the_home_page_links_each_model_to_its_page(alice_client, alice):
+    model = ModelVersionFactory(dataset=DatasetFactory(owner=alice), name="alice-cnn",
+                                metrics={"accuracy": 0.83951})
+
+    html = alice_client.get("/").content.decode()
+
+    rows = read_table(html, "home-models")["tbody"]
+    assert rows == [["alice-cnn v1", model.dataset.name, "0.8395"]]
+    assert f'<a href="/models/{model.pk}/">alice-cnn v1</a>' in html

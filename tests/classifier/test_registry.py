@@ -553,6 +553,8 @@ def test_the_model_page_shows_the_card_and_hides_staff_actions_from_others(model
     assert "95% CI" in page and "ECE (15 bins)" in page
     assert 'id="promote-form"' not in page and "Aliases are set by staff" in page
     assert f'href="/api/v1/models/{models[0].pk}/export/"' in page
+    assert "1,234 parameters" in page  # thousands grouped
+    assert '<td class="num">1,234</td>' in client.get("/models/").content.decode()
 
 
 # --- model card ----------------------------------------------------------------------------------

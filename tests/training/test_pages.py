@@ -394,3 +394,29 @@ def test_the_pages_of_a_retry_and_the_job_it_retried_survive_each_others_deletio
         assert response.status_code == 200
         assertNotContains(response, f'href="/jobs/{first.pk}/"')
     assertContains(browser_client.get(f"/jobs/{third.pk}/"), "<dd>2</dd>", html=True)
+
+
+def test_an_empty_job_list_links_to_the_launch_form(browser_client):
+    response = browser_client.get("/jobs/")
+
+    assert re.search(r'No training jobs yet — <a href="/jobs/new/">launch one</a>',
+                     response.content.decode())
+
+
+def test_the_batch_page_without_a_model_says_to_train_one_first(browser_client):
+    response = browser_client.get("/inference/")
+
+    assertContains(response, 'No trained model is available to you yet — '
+                             '<a href="/jobs/new/">train one</a> first.')
+    assertContains(response, "No batch jobs yet.")
+
+
+def test_the_job_list_names_its_columns_and_units(browser_client, owner, dataset):
+    job_of(owner, dataset, status=TrainingJob.Status.FAILED)
+
+    html = browser_client.get("/jobs/").content.decode()
+
+    header = re.search(r"<thead><tr>(.*?)</tr></thead>", html).group(1)
+    assert re.findall(r"<th[^>]*>(.*?)</th>", header) == [
+        "Job", "Dataset", "Architecture", "Status", "Epochs", "Best val acc.", "Created",
+        '<span class="visually-hidden">Actions</span>']
