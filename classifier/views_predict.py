@@ -86,7 +86,9 @@ def prediction_list_page(request):
         )
     page = Paginator(history, 50).get_page(request.GET.get("page"))
     for prediction in page:
-        prediction.confidence = prediction.probabilities.get(prediction.predicted_label)
+        confidence = prediction.probabilities.get(prediction.predicted_label)
+        # As a percentage with one decimal, as the classify page shows it.
+        prediction.confidence_percent = None if confidence is None else 100 * confidence
     query = request.GET.copy()
     query.pop("page", None)
     return render(request, "classifier/prediction_list.html", {

@@ -216,7 +216,10 @@ def test_the_compare_page_explains_a_refused_comparison(evaluated, owner):
     client.force_login(owner)
     response = client.get("/models/compare/", {"models": "abc"})
     assert response.status_code == 400
-    assert "&#x27;abc&#x27; is not a model id" in response.content.decode()
+    assert "&#x27;abc&#x27; is not a model id." in response.content.decode()
+    response = client.get("/models/compare/")
+    assert response.status_code == 400
+    assert "Choose models to compare on the models page." in response.content.decode()
 
 
 def test_the_models_page_filters_by_dataset_and_offers_models_to_compare(evaluated, blood, owner,

@@ -627,6 +627,11 @@ def test_the_history_page_shows_your_predictions_and_deletes_one(
     for result in history["mine"]:
         assert f'data-prediction-id="{result["id"]}"' in html
     assert f'data-prediction-id="{history["theirs"]["id"]}"' not in html
+    # The probability of the predicted class, with one decimal as on the classify page.
+    shown = Prediction.objects.get(pk=history["mine"][0]["id"])
+    percent = 100 * shown.probabilities[shown.predicted_label]
+    row = html.split(f'data-prediction-id="{shown.pk}"')[1].split("</tr>")[0]
+    assert f'<td class="num">{percent:.1f}%</td>' in row
 
     target = history["mine"][1]["id"]
     with django_capture_on_commit_callbacks(execute=True):
