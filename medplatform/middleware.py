@@ -6,7 +6,8 @@ import time
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse, HttpResponsePermanentRedirect, JsonResponse
+from django.middleware.common import CommonMiddleware as DjangoCommonMiddleware
 from django.template.loader import render_to_string
 
 logger = logging.getLogger(__name__)
@@ -16,6 +17,18 @@ DEFAULT_CSP = (
     "script-src 'self'; object-src 'none'; base-uri 'self'; frame-ancestors 'none'; "
     "form-action 'self'"
 )
+
+
+class _PermanentRedirectKeepingMethod(HttpResponsePermanentRedirect):
+    status_code = 308
+
+
+class CommonMiddleware(DjangoCommonMiddleware):
+    """Django's, except that adding the missing slash redirects with 308, not 301: a client that
+    posts to ``/api/v1/predictions`` is sent on with its method and body, where a 301 would turn
+    the request into a GET and lose the upload."""
+
+    response_redirect_class = _PermanentRedirectKeepingMethod
 
 
 class ContentSecurityPolicyMiddleware:
