@@ -297,6 +297,12 @@ def builtin_dataset_import(
 
     Looks in ``folder`` (``MEDMNIST_DIR``) first, then downloads when allowed. Returns the dataset
     and whether it was created (an identical built-in already present is reused).
+
+    Raises:
+        DatasetImportError: when the file is not in ``folder`` and cannot be downloaded (or
+            ``download`` is False), when its MD5 is not the published one, when a download is
+            over ``MEDMNIST_DOWNLOAD_MAX_BYTES``, or when a built-in of that file already exists
+            with other contents; nothing is stored.
     """
     filename = medmnist_filename(flag, size)
     folder = Path(folder or settings.MEDMNIST_DIR)

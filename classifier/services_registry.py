@@ -215,8 +215,9 @@ def model_version_set_threshold(*, model_version: ModelVersion, target_sensitivi
     with metrics at both the default rule and the new threshold.
 
     Raises:
-        EvaluationError: for a model with more than two classes, no validation images, or a
-            target outside ``(0, 1]``.
+        EvaluationError: for a model with more than two classes, no validation images (or
+            none of the positive class), or a target outside ``(0, 1]``.
+        services.ArtifactIntegrityError: when the artifact changed since registration.
     """
     names = list(model_version.dataset.class_names)
     if len(names) != 2:
@@ -358,8 +359,8 @@ def model_alias_rollback(*, dataset, alias: str, user, reason: str) -> ModelAlia
 
     Raises:
         RegistryPermissionError: for a user who is not staff.
-        AliasError: when the alias does not exist, has nothing to go back to, or the earlier
-            model was deleted.
+        AliasError: when the alias does not exist, has nothing to go back to, the earlier
+            model was deleted, or it is private and the dataset public; or for an empty reason.
     """
     _require_staff(user)
     reason = _clean_reason(reason)

@@ -135,7 +135,13 @@ def training_job_create(
 ) -> tuple[TrainingJob, bool]:
     """Validate a config and queue a training job; returns ``(job, created)``.
 
-    With an ``idempotency_key``, a repeated request returns the job the first one created.
+    With an ``idempotency_key``, a repeated request returns the job the first one created (its
+    config is not checked again).
+
+    Raises:
+        medml.config.ConfigError: for an invalid config, a dataset without training or
+            validation images, or ``monitor="val_auc"`` with a class missing from the
+            validation split; nothing is created.
     """
     if idempotency_key:
         existing = TrainingJob.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
@@ -160,7 +166,14 @@ def training_job_create(
 
 
 def training_job_cancel(*, job: TrainingJob) -> TrainingJob:
-    """Cancel a queued job at once; ask a running one to stop (it does within a batch)."""
+    """Cancel a queued job at once; ask a running one to stop.
+
+    A running job stops at the end of the batch in progress once its next heartbeat (every
+    ``HEARTBEAT_SECONDS``) or epoch end sees the request, and is then marked cancelled.
+
+    Raises:
+        JobStateError: for a job that is neither queued nor running; nothing is changed.
+    """
     with transaction.atomic():
         cancelled = TrainingJob.objects.filter(pk=job.pk, status=Status.QUEUED).update(
             status=Status.CANCELLED, cancel_requested=True, finished_at=timezone.now()
@@ -181,6 +194,9 @@ def training_job_retry(*, job: TrainingJob) -> TrainingJob:
 
     A job is retried once: a second request (a double click, another tab) is refused with the
     attempt that already exists, which is the one to retry if it fails too.
+
+    Raises:
+        JobStateError: for a job that is not failed or cancelled, or was already retried.
     """
     if job.status not in (Status.FAILED, Status.CANCELLED):
         raise JobStateError(f"job #{job.pk} is {job.status}; only failed or cancelled jobs retry")
