@@ -108,8 +108,9 @@ def classification_metrics(
 
     Returns:
         A JSON-serialisable dict with ``n``, ``accuracy``, ``balanced_accuracy``, ``per_class``
-        (list of ``{index, name, precision, recall, f1, support}``), ``macro_avg`` and
-        ``weighted_avg`` (``{precision, recall, f1, support}``), ``confusion_matrix`` (rows =
+        (list of ``{index, name, precision, recall, f1, support}``; 0 where undefined),
+        ``macro_avg`` (over the classes in ``y_true`` or the predictions) and ``weighted_avg``
+        (``{precision, recall, f1, support}``), ``confusion_matrix`` (rows =
         true class, columns = predicted), ``confusion_matrix_normalized`` (each row divided by
         its total; all zeros for a class absent from ``y_true``), ``roc_auc`` (binary: of the
         positive class; multi-class: one-vs-rest macro average) with ``roc_auc_note`` saying why
@@ -162,6 +163,11 @@ def classification_metrics(
         }
         for index, name in enumerate(class_names)
     ]
+    # Averaged over the classes that occur in the labels or the predictions (scikit-learn's
+    # default): a class with neither has no precision, recall or F1 (0/0) to average.
+    averaged = np.union1d(y_true, y_pred)
+    macro_avg = {key: float(np.mean([per_class[i][key] for i in averaged]))
+                 for key in ("precision", "recall", "f1")} | {"support": len(y_true)}
     counts = confusion_matrix(y_true, y_pred, labels=labels)
     normalized = confusion_matrix(y_true, y_pred, labels=labels, normalize="true")
 
@@ -171,7 +177,7 @@ def classification_metrics(
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
         "per_class": per_class,
-        "macro_avg": _report_row(report["macro avg"]),
+        "macro_avg": macro_avg,
         "weighted_avg": _report_row(report["weighted avg"]),
         "confusion_matrix": counts.astype(int).tolist(),
         "confusion_matrix_normalized": np.nan_to_num(normalized).astype(float).tolist(),
@@ -202,13 +208,15 @@ def roc_auc(
         ``(auc, None)`` or ``(None, reason)``.
     """
     y_true = np.asarray(y_true).astype(np.int64).reshape(-1)
-    probs = _normalise_rows(np.asarray(probs, dtype=np.float64))
+    probs = np.asarray(probs, dtype=np.float64)
     num_classes = probs.shape[1]
     absent = sorted(set(range(num_classes)) - set(y_true.tolist()))
     if absent:
         return None, f"Undefined: class(es) {absent} do not occur in the true labels."
+    # Checked before normalising, which would turn a row of NaN into a uniform one.
     if not np.all(np.isfinite(probs)):
         return None, "Undefined: the probabilities contain NaN or infinity."
+    probs = _normalise_rows(probs)
     if num_classes == 2:
         auc = roc_auc_score(y_true == positive_class, probs[:, positive_class])
     else:

@@ -86,6 +86,10 @@ STEP_MILESTONES = (0.5, 0.75)
 STEP_FACTOR = 0.1
 
 
+class TrainingDivergedError(RuntimeError):
+    """Every epoch's validation probabilities were NaN or infinite: there is no model to keep."""
+
+
 class TrainingHooks:
     """Callbacks from :func:`train` to its caller. Subclass and override what you need.
 
@@ -358,6 +362,11 @@ def train(
         hooks.log(f"Training cancelled after {state.epochs_completed} completed epoch(s).")
         return result
 
+    if state.history and all(entry["val_loss"] is None for entry in state.history):
+        raise TrainingDivergedError(
+            f"training diverged: the model's validation outputs were NaN or infinite after each "
+            f"of the {state.epochs_completed} epoch(s), so there is no model to keep; try a "
+            f"lower learning rate (it was {config.learning_rate:g})")
     hooks.log(f"Evaluating the best model (epoch {state.best_epoch}).")
     if state.best_epoch == state.epochs_completed > resumed_from:
         # The model in memory is the best checkpoint, and its validation predictions were made

@@ -107,18 +107,22 @@ def answer_warnings(probabilities: np.ndarray, predicted: np.ndarray, class_name
             its own (:data:`TTA_VIEWS` order), or ``None`` without test-time augmentation.
 
     Returns:
-        Row index -> messages, for the rows that have any.
+        Row index -> messages, for the rows that have any. A probability that is not a number
+        (a diverged model) is flagged too.
     """
     probabilities, predicted = np.asarray(probabilities), np.asarray(predicted, dtype=np.int64)
     chosen = probabilities[np.arange(len(predicted)), predicted]
-    flagged = chosen < min_confidence
+    flagged = ~(chosen >= min_confidence)  # NaN included
     if view_predictions is not None:
         view_predictions = np.asarray(view_predictions)
         flagged |= (view_predictions != predicted).any(axis=0)
     out: dict[int, list[str]] = {}
     for i in np.flatnonzero(flagged).tolist():
         index, notes = int(predicted[i]), []
-        if chosen[i] < min_confidence:
+        if np.isnan(chosen[i]):
+            notes.append("invalid output: the model's probabilities are not numbers (NaN), so "
+                         "the answer means nothing")
+        elif chosen[i] < min_confidence:
             notes.append(f"low confidence: {class_names[index]} has a probability of "
                          f"{chosen[i]:.2f}, below {min_confidence:.2f}")
         if view_predictions is not None:
@@ -437,7 +441,13 @@ class InputStats:
 
     def zscores(self, images: np.ndarray) -> np.ndarray:
         """``(N, C)`` distance of each image's mean intensity from the training images', in std units."""
-        means = np.asarray(images).mean(axis=(1, 2), dtype=np.float64)
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != len(self.mean):
+            raise ValueError(
+                f"images must have shape (N, H, W, {len(self.mean)}), as the training images. "
+                f"Received: shape={images.shape}"
+            )
+        means = images.mean(axis=(1, 2), dtype=np.float64)
         return (means - self.mean) / self.std
 
     def warnings(self, images: np.ndarray, *, threshold: float = INTENSITY_Z_THRESHOLD) -> list[list[str]]:

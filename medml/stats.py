@@ -69,7 +69,8 @@ def full_report(
       ``None`` when too few resamples define the metric), plus ``n_bootstrap``, ``seed``,
       ``level`` and ``method``.
     * two classes only: ``binary``: ``{positive_class, positive_class_name, sensitivity,
-      specificity}`` at the default rule.
+      specificity}`` at the default rule (``None`` when ``y_true`` has no image of the class
+      it is the recall of).
     * with ``threshold`` (two classes only): ``at_threshold``: the classification metrics when
       ``positive_class`` is predicted whenever its probability is ``>= threshold``, with the
       ``sensitivity`` and ``specificity`` that gives.
@@ -126,9 +127,14 @@ def _sensitivity_specificity(metrics: dict, positive: int, class_names: list[str
     return {
         "positive_class": positive,
         "positive_class_name": class_names[positive],
-        "sensitivity": per_class[positive]["recall"],
-        "specificity": per_class[1 - positive]["recall"],
+        "sensitivity": _recall(per_class[positive]),
+        "specificity": _recall(per_class[1 - positive]),
     }
+
+
+def _recall(row: dict) -> float | None:
+    # Undefined (0/0) without images of the class, where the report's 0.0 would read as "none found".
+    return row["recall"] if row["support"] else None
 
 
 # --- Calibration ---------------------------------------------------------------------------------
@@ -224,9 +230,10 @@ def bootstrap_replicates(
 ) -> dict[str, np.ndarray]:
     """Accuracy, macro F1 and ROC AUC of every resample of :func:`bootstrap_indices`.
 
-    Equal to ``accuracy_score``, ``f1_score(average="macro", zero_division=0)`` over all
-    classes and :func:`medml.evaluate.roc_auc` on each resample; AUC is ``NaN`` for a resample
-    that misses a class.
+    Equal to ``accuracy_score``, ``f1_score(average="macro")`` (over the classes in the
+    resample's labels or predictions, as :func:`~medml.evaluate.classification_metrics`) and
+    :func:`medml.evaluate.roc_auc` on each resample; AUC is ``NaN`` for a resample that misses a
+    class.
     """
     y_true = np.asarray(y_true).astype(np.int64).reshape(-1)
     num_classes = probs.shape[1]
@@ -247,8 +254,9 @@ def bootstrap_replicates(
         true_positives = weights @ (true_onehot * correct[:, None])
         denominators = weights @ pred_onehot + weights @ true_onehot
         with np.errstate(divide="ignore", invalid="ignore"):
-            f1 = np.where(denominators > 0, 2 * true_positives / denominators, 0.0)
-        out["macro_f1"].append(f1.mean(axis=1))
+            # NaN (left out of the mean) for a class neither in the resample nor predicted in it.
+            f1 = np.where(denominators > 0, 2 * true_positives / denominators, np.nan)
+        out["macro_f1"].append(np.nanmean(f1, axis=1))
         if num_classes == 2:
             auc = _weighted_auc(y_true == positive_class, probs[:, positive_class], weights)
         else:
@@ -315,7 +323,8 @@ def mcnemar(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:
     ``b`` counts images model A got right and model B wrong, ``c`` the reverse. With fewer than
     25 such discordant images the exact two-sided binomial test is used (``statistic`` is then
     ``min(b, c)``); otherwise the chi-square test with continuity correction,
-    ``(|b - c| - 1)^2 / (b + c)`` on one degree of freedom.
+    ``max(|b - c| - 1, 0)^2 / (b + c)`` on one degree of freedom (the correction never makes
+    the difference larger than it is: ``b == c`` gives 0 and a p-value of 1).
 
     Returns:
         ``{b, c, statistic, p_value, method}``; ``p_value`` is 1.0 when the models never
@@ -343,7 +352,7 @@ def mcnemar(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:
         p_value = 1.0 if b + c == 0 else float(scipy_stats.binomtest(b, b + c, 0.5).pvalue)
         method = "exact binomial"
     else:
-        statistic = (abs(b - c) - 1) ** 2 / (b + c)
+        statistic = max(abs(b - c) - 1, 0) ** 2 / (b + c)
         p_value = float(scipy_stats.chi2.sf(statistic, df=1))
         method = "chi-square with continuity correction"
     return {"b": b, "c": c, "statistic": float(statistic), "p_value": min(p_value, 1.0),
@@ -394,8 +403,8 @@ def choose_threshold(
         ``threshold``.
 
     Raises:
-        ValueError: for a target outside ``(0, 1]``, mismatched lengths, or a split without
-            positive images.
+        ValueError: for a target outside ``(0, 1]``, mismatched lengths, NaN or infinite
+            probabilities, or a split without positive images.
     """
     y_true_val = np.asarray(y_true_val).astype(np.int64).reshape(-1)
     scores = np.asarray(prob_positive_val, dtype=np.float64).reshape(-1)
@@ -408,6 +417,8 @@ def choose_threshold(
             "y_true_val and prob_positive_val differ in length. "
             f"Received: {len(y_true_val)} and {len(scores)}"
         )
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("prob_positive_val contains NaN or infinity.")
     positives = y_true_val == positive_class
     if not positives.any():
         raise ValueError(f"The validation labels contain no positive (class {positive_class}) image.")

@@ -4,6 +4,7 @@ import math
 import keras
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score, precision_score, recall_score
 
 from medml.evaluate import classification_metrics, predict_proba, roc_auc
 
@@ -113,6 +114,46 @@ def test_a_class_absent_from_the_labels_gives_no_auc_and_no_crash():
     assert metrics["per_class"][2]["support"] == 0
     assert metrics["confusion_matrix_normalized"][2] == [0.0, 0.0, 0.0]
     json.dumps(metrics)
+
+
+def test_macro_averages_leave_out_a_class_neither_in_the_labels_nor_predicted():
+    # A perfect model on a split without class c: c's F1 is 0/0, not 0, so the macro F1 is 1
+    # (as scikit-learn's f1_score(average="macro") gives), not 2/3.
+    labels = np.array([0, 0, 1, 1])
+    probs = one_hot([0, 0, 1, 1], 3) * 0.9 + 0.1 / 3
+
+    metrics = classification_metrics(labels, probs, ["a", "b", "c"])
+
+    assert metrics["macro_avg"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 4}
+    assert metrics["macro_avg"]["f1"] == f1_score(labels, probs.argmax(axis=1), average="macro")
+    assert metrics["per_class"][2]["support"] == 0
+
+
+def test_macro_averages_count_a_class_predicted_but_absent_from_the_labels():
+    # Predictions [0, 2, 1, 1]: class 2 has a false positive, so it counts (F1 0).
+    labels = np.array([0, 0, 1, 1])
+    probs = one_hot([0, 2, 1, 1], 3)
+
+    metrics = classification_metrics(labels, probs, ["a", "b", "c"])
+
+    assert metrics["macro_avg"]["f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert metrics["macro_avg"]["f1"] == pytest.approx(
+        f1_score(labels, probs.argmax(axis=1), average="macro"))
+    assert metrics["macro_avg"]["precision"] == pytest.approx(
+        precision_score(labels, probs.argmax(axis=1), average="macro", zero_division=0))
+    assert metrics["macro_avg"]["recall"] == pytest.approx(
+        recall_score(labels, probs.argmax(axis=1), average="macro", zero_division=0))
+
+
+def test_roc_auc_is_undefined_for_nan_probabilities():
+    # A row of NaN used to be normalised to a uniform row first and the AUC reported as 1.0.
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [np.nan, np.nan], [0.2, 0.8], [0.3, 0.7]])
+
+    auc, note = roc_auc(labels, probs)
+
+    assert auc is None
+    assert "NaN" in note
 
 
 def test_the_result_is_plain_json():

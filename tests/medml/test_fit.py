@@ -399,6 +399,19 @@ def test_two_phase_training_augments_only_in_phase_2(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_whose_outputs_are_never_finite_fails_with_the_reason(tmp_path, monkeypatch):
+    def diverged(model, images, **kwargs):
+        return np.full((len(images), int(model.output.shape[-1])), np.nan, dtype=np.float32)
+
+    monkeypatch.setattr(fit_module, "predict_proba", diverged)
+    hooks = RecordingHooks()
+    with pytest.raises(fit_module.TrainingDivergedError, match=(
+            r"training diverged: .* NaN or infinite after each of the 2 epoch\(s\).*"
+            r"lower learning rate \(it was 0.003\)")):
+        train(config=config(epochs=2), data=synthetic_data(), workdir=tmp_path, hooks=hooks)
+    assert [entry["val_loss"] for entry in hooks.epochs] == [None, None]
+
+
 def test_early_stopping_with_class_weights(tmp_path):
     hooks = RecordingHooks()
     data = synthetic_data(train_counts=(24, 12, 6))

@@ -13,7 +13,7 @@ from PIL import Image
 from medml import infer
 from medml.architectures import build_model
 from medml.explain import GradCam, colorize, find_target_layer, overlay, overlay_png
-from medml.infer import InputStats, Predictor, get_predictor
+from medml.infer import InputStats, Predictor, answer_warnings, get_predictor
 
 SHAPE = (28, 28, 3)
 
@@ -276,6 +276,25 @@ def test_the_intensity_warning_names_the_channel_that_is_off():
     image[..., 2] = 5
     [warnings] = InputStats.from_images(train).warnings(image)
     assert "darker in the blue channel" in warnings[0]
+
+
+def test_intensity_statistics_refuse_images_with_another_number_of_channels():
+    # They used to broadcast (N, 1) image means against three channels' statistics.
+    stats = InputStats.from_images(training_like(50, 3, 120))
+    with pytest.raises(ValueError, match="shape"):
+        stats.zscores(np.full((1, 28, 28, 1), 120, dtype=np.uint8))
+    with pytest.raises(ValueError, match="shape"):
+        InputStats.from_images(training_like(50, 1, 120)).warnings(
+            np.full((1, 28, 28, 3), 120, dtype=np.uint8))
+
+
+def test_answer_warnings_flag_nan_probabilities():
+    # A diverged model: NaN < 0.6 is False, so such answers used to pass without a word.
+    probabilities = np.array([[np.nan, np.nan], [0.9, 0.1]], dtype=np.float32)
+    warnings = answer_warnings(probabilities, np.array([0, 0]), ["a", "b"])
+
+    assert list(warnings) == [0]
+    assert len(warnings[0]) == 1 and "NaN" in warnings[0][0]
 
 
 # --- Grad-CAM ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from medml.evaluate import classification_metrics, roc_auc
 from medml.stats import (
     binary_probabilities,
     bootstrap_indices,
+    bootstrap_intervals,
     bootstrap_replicates,
     calibration,
     choose_threshold,
@@ -144,7 +145,7 @@ def test_bootstrap_replicates_equal_scikit_learn_on_the_same_resamples(noisy_spl
         y, p = y_true[indices], probs[indices]
         assert replicates["accuracy"][row] == pytest.approx(accuracy_score(y, p.argmax(axis=1)))
         assert replicates["macro_f1"][row] == pytest.approx(
-            f1_score(y, p.argmax(axis=1), average="macro", labels=[0, 1, 2], zero_division=0)
+            f1_score(y, p.argmax(axis=1), average="macro")
         )
         expected_auc = roc_auc(y, p)[0]
         if expected_auc is None:
@@ -179,6 +180,37 @@ def test_a_full_report_is_the_basic_report_plus_calibration_curves_and_intervals
     assert {key: report[key] for key in basic} == basic
     assert {"calibration", "roc", "confidence_intervals"} <= set(report)
     json.dumps(report, allow_nan=False)  # storable in a PostgreSQL JSON column
+
+
+def test_bootstrap_macro_f1_leaves_out_a_class_a_resample_neither_has_nor_predicts():
+    # A perfect model with one image of class 2: resamples without that image used to count its
+    # F1 as 0, dragging the interval of a perfect macro F1 down to 2/3.
+    y_true = np.array([0] * 10 + [1] * 10 + [2])
+    probs = np.eye(3)[y_true] * 0.9 + 0.1 / 3
+    report = full_report(y_true, probs, ["a", "b", "c"], n_bootstrap=200, seed=0)
+
+    interval = report["confidence_intervals"]["macro_f1"]
+    assert interval["estimate"] == report["macro_avg"]["f1"] == 1.0
+    assert interval["low"] == interval["high"] == 1.0
+    replicates = bootstrap_replicates(y_true, probs, y_true, positive_class=1, n_bootstrap=200,
+                                      seed=0)
+    assert np.all(replicates["macro_f1"] == 1.0)
+
+
+def test_bootstrap_percentile_intervals_cover_the_true_accuracy_about_95_percent_of_the_time():
+    # 200 synthetic test sets of 100 images from a classifier whose accuracy is 0.8.
+    rng = np.random.default_rng(21)
+    covered = 0
+    for seed in range(200):
+        y_true = rng.integers(0, 2, 100)
+        right = rng.random(100) < 0.8
+        y_pred = np.where(right, y_true, 1 - y_true)
+        probs = np.eye(2)[y_pred] * 0.8 + 0.1
+        report = classification_metrics(y_true, probs, ["a", "b"])
+        interval = bootstrap_intervals(y_true, probs, y_pred, positive_class=1, point=report,
+                                       n_bootstrap=200, seed=seed)["accuracy"]
+        covered += interval["low"] <= 0.8 <= interval["high"]
+    assert 0.89 <= covered / 200 <= 0.99
 
 
 def test_without_resamples_the_intervals_are_left_open():
@@ -223,6 +255,24 @@ def test_mcnemar_switches_test_exactly_at_25_discordant_images():
         "method"] == "exact binomial"
     assert mcnemar(*paired_predictions(both_right=1, only_a=13, only_b=12, both_wrong=0))[
         "method"] == "chi-square with continuity correction"
+
+
+@pytest.mark.parametrize("discordant", [13, 20, 50])
+def test_mcnemar_gives_a_p_value_of_one_when_each_model_wins_equally_often(discordant):
+    # The continuity correction must not turn |b - c| = 0 into 1: with b == c there is no
+    # evidence of a difference, as the exact binomial test says.
+    y, a, b = paired_predictions(both_right=10, only_a=discordant, only_b=discordant,
+                                 both_wrong=3)
+    result = mcnemar(y, a, b)
+
+    assert result["method"] == "chi-square with continuity correction"
+    assert result["statistic"] == 0.0
+    assert result["p_value"] == 1.0
+    assert scipy_stats.binomtest(discordant, 2 * discordant, 0.5).pvalue == 1.0
+    # One more win for A can only make the difference look larger, never smaller.
+    y, a, b = paired_predictions(both_right=10, only_a=discordant + 1, only_b=discordant,
+                                 both_wrong=3)
+    assert mcnemar(y, a, b)["p_value"] == 1.0
 
 
 def test_models_that_never_disagree_on_correctness_get_a_p_value_of_one():
@@ -278,6 +328,13 @@ def test_a_threshold_needs_a_target_in_range_and_positive_images():
         choose_threshold([0, 0], [0.2, 0.8], target_sensitivity=0.9, positive_class=1)
 
 
+@pytest.mark.parametrize("labels", [[1, 1, 1], [0, 1, 1]], ids=["all positive", "mixed"])
+def test_a_threshold_is_not_chosen_on_nan_probabilities(labels):
+    # A diverged model: an all-positive split used to get the threshold NaN.
+    with pytest.raises(ValueError, match="NaN"):
+        choose_threshold(labels, [0.2, np.nan, 0.9], target_sensitivity=0.9, positive_class=1)
+
+
 def test_a_threshold_chosen_on_class_0_is_served_exactly_as_a_threshold_on_class_1():
     # float32 softmax outputs, as a model gives them: p0 + p1 is 1 only up to rounding.
     rng = np.random.default_rng(9)
@@ -312,3 +369,16 @@ def test_the_report_at_a_threshold_gives_sensitivity_and_specificity_of_the_posi
     assert at["sensitivity"] == pytest.approx(2 / 3)
     assert at["specificity"] == pytest.approx(2 / 3)
     assert report["accuracy"] == pytest.approx(4 / 6)  # the body stays at the default rule
+
+
+@pytest.mark.parametrize("labels", [[1, 1], [[1], [1]]], ids=["flat", "(N, 1)"])
+def test_sensitivity_and_specificity_of_a_class_without_images_are_undefined(labels):
+    # No negative image: specificity is 0/0, not 0 (which would read as "every negative missed").
+    probs = np.array([[0.3, 0.7], [0.6, 0.4]])
+    report = full_report(labels, probs, ["benign", "malignant"], threshold=0.5, n_bootstrap=0)
+
+    assert report["binary"]["sensitivity"] == 0.5
+    assert report["binary"]["specificity"] is None
+    assert report["at_threshold"]["sensitivity"] == 0.5
+    assert report["at_threshold"]["specificity"] is None
+    json.dumps(report, allow_nan=False)
