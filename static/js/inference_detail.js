@@ -19,7 +19,9 @@
     $("inference-delete-form").hidden = ["queued", "running"].includes(job.status);
     const body = document.querySelector("#inf-summary tbody");
     body.innerHTML = "";
-    const summary = Object.entries(job.summary || {});
+    // Most frequent class first (the stored summary's key order depends on the database).
+    const summary = Object.entries(job.summary || {})
+      .sort(([n1, c1], [n2, c2]) => c2 - c1 || n1.localeCompare(n2));
     const counted = summary.reduce((sum, [, count]) => sum + count, 0);
     for (const [name, count] of summary) {
       const tr = document.createElement("tr");
