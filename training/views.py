@@ -24,8 +24,9 @@ def job_list(request):
 def job_new(request):
     from medml.config import PRESETS, ConfigError
 
-    form = TrainingLaunchForm(request.POST or None, user=request.user,
-                              initial={"dataset": request.GET.get("dataset")})
+    form = TrainingLaunchForm(request.POST or None, user=request.user, initial={
+        "dataset": request.GET.get("dataset"), "preset": request.GET.get("preset", ""),
+    })
     if request.method == "POST" and form.is_valid():
         try:
             job, _ = services.training_job_create(
@@ -43,6 +44,7 @@ def job_new(request):
             return redirect("job-detail", pk=job.pk)
     return render(request, "training/job_new.html", {
         "form": form, "presets": PRESETS.values(), "nav": "jobs",
+        "launch_data": form.client_data(), "dataset_note": form.dataset_note(),
     })
 
 

@@ -298,3 +298,69 @@ def test_a_single_epoch_is_drawn_in_the_middle_of_a_chart_labelled_with_it(page,
     assert len(xs) == 1
     # The plot spans x = 44 to 590 of the chart's 600 units (charts.js margins).
     assert abs(xs.pop() - (44 + 590) / 2) < 1
+
+
+# --- The launch form -----------------------------------------------------------------------------
+
+
+def summary_row(page, key: str):
+    """The effective-configuration summary's entry for setting ``key``."""
+    return page.locator(f'#config-summary-list > div[data-key="{key}"]')
+
+
+def test_the_launch_form_shows_the_presets_values_and_what_will_train(page, live_server, login):
+    user = UserFactory(username="wren")
+    blood = DatasetFactory(owner=user, name="Tiny blood", class_counts=TINY_COUNTS)
+    blocked = []
+    page.on("console", lambda message: blocked.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    login(page, live_server, "wren", PASSWORD)
+    page.goto(f"{live_server.url}/jobs/new/?dataset={blood.pk}")
+    assert page.locator("#config-summary").is_visible()
+    assert summary_row(page, "preset").locator("dd").inner_text() == "(none: defaults)"
+    assert page.locator("#id_optimizer option[value='']").inner_text() == "(default: Adam)"
+
+    page.select_option("#id_preset", "fast_cpu_blood")
+    assert page.locator("#id_epochs").get_attribute("placeholder") == "18"
+    assert page.locator("#id_learning_rate").get_attribute("placeholder") == "0.003"
+    assert page.locator("#id_optimizer option[value='']").inner_text() == "(preset: AdamW)"
+    assert page.locator("#id_rotate90 option[value='']").inner_text() == "(preset: Yes)"
+    assert summary_row(page, "preset").locator("dd").inner_text() == "Fast CPU recipe for BloodMNIST"
+    assert summary_row(page, "learning_rate").locator("dd").inner_text() == "0.003"
+    assert summary_row(page, "optimizer").locator("dd").inner_text() == "AdamW"
+    assert summary_row(page, "tta").locator("dd").inner_text() == "yes"  # no field, still shown
+    assert page.locator("#config-summary-list .override").count() == 0
+    assert page.locator("#preset-note").is_hidden()  # a blood recipe on a blood dataset
+
+    page.select_option("#id_preset", "smoke")
+    assert page.locator("#id_epochs").get_attribute("placeholder") == "2"
+    assert page.locator("#id_learning_rate").get_attribute("placeholder") == "0.001"
+    assert page.locator("#id_optimizer option[value='']").inner_text() == "(preset: Adam)"
+    assert summary_row(page, "epochs").locator("dd").inner_text() == "2"
+    assert summary_row(page, "tta").locator("dd").inner_text() == "no"
+
+    page.fill("#id_epochs", "5")
+    page.select_option("#id_augmentation_enabled", "1")
+    epochs = summary_row(page, "epochs")
+    assert epochs.get_attribute("class") == "override"
+    assert epochs.locator("mark").inner_text() == "5"
+    assert "preset: 2" in epochs.locator("dd").inner_text()
+    assert summary_row(page, "augmentation.enabled").locator("mark").inner_text() == "Yes"
+    assert page.locator("#config-summary-list .override").count() == 2
+    assert page.locator("#id_epochs").input_value() == "5"
+
+    # Another preset: its values, the user's overrides kept, and a note for the dataset.
+    page.select_option("#id_preset", "strong_breast")
+    assert page.locator("#id_batch_size").get_attribute("placeholder") == "32"
+    assert "preset: 60" in summary_row(page, "epochs").locator("dd").inner_text()
+    assert summary_row(page, "epochs").locator("mark").inner_text() == "5"
+    assert summary_row(page, "imbalance").locator("dd").inner_text() == "Class weights"
+    note = page.locator("#preset-note")
+    assert note.is_visible()
+    assert "made for breastmnist" in note.inner_text() and "looks like bloodmnist" in note.inner_text()
+
+    page.fill("#id_epochs", "")
+    assert summary_row(page, "epochs").get_attribute("class") is None
+    assert summary_row(page, "epochs").locator("dd").inner_text() == "60"
+    assert page.locator("#config-summary-list .override").count() == 1
+    assert blocked == []

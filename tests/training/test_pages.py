@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -83,6 +84,84 @@ def test_the_launch_form_preselects_the_dataset_in_the_address(browser_client, d
     response = browser_client.get(f"/jobs/new/?dataset={dataset.pk}")
     assertContains(response, f'<option value="{dataset.pk}" selected>Tiny blood</option>',
                    html=True)
+
+
+def field_tag(response, name: str) -> str:
+    """The launch form's ``<input>`` or ``<select>…</select>`` for field ``name``."""
+    page = response.content.decode()
+    match = (re.search(rf'<input [^>]*name="{name}"[^>]*>', page)
+             or re.search(rf'<select name="{name}".*?</select>', page, re.S))
+    assert match, f"no field {name} on the page"
+    return match.group(0)
+
+
+def test_the_launch_form_shows_the_chosen_presets_values_as_placeholders(browser_client):
+    response = browser_client.get("/jobs/new/?preset=fast_cpu_blood")
+    assertContains(response, '<option value="fast_cpu_blood" selected>', html=False)
+    assert 'placeholder="18"' in field_tag(response, "epochs")
+    assert 'placeholder="0.003"' in field_tag(response, "learning_rate")
+    assert 'placeholder="0.0001"' in field_tag(response, "weight_decay")
+    assert 'placeholder="0.05"' in field_tag(response, "label_smoothing")
+    assert 'placeholder="none"' in field_tag(response, "early_stopping_patience")
+    assert '<option value="" selected>(preset: AdamW)</option>' in field_tag(response, "optimizer")
+    assert '<option value="" selected>(preset: Yes)</option>' in field_tag(response, "rotate90")
+    assert ('<option value="" selected>(preset: Compact CNN)</option>'
+            in field_tag(response, "architecture"))
+    # The choices themselves are unchanged.
+    assert '<option value="adam">Adam</option>' in field_tag(response, "optimizer")
+
+
+def test_without_a_preset_the_placeholders_are_the_defaults(browser_client):
+    from medml.config import TrainConfig
+
+    response = browser_client.get("/jobs/new/")
+    defaults = TrainConfig()
+    assert f'placeholder="{defaults.epochs}"' in field_tag(response, "epochs")
+    assert f'placeholder="{defaults.batch_size}"' in field_tag(response, "batch_size")
+    assert '<option value="" selected>(default: Adam)</option>' in field_tag(response, "optimizer")
+
+
+def test_a_form_shown_again_after_an_error_keeps_the_submitted_presets_placeholders(
+        browser_client, dataset):
+    response = browser_client.post("/jobs/new/", {"dataset": dataset.pk, "preset": "strong_breast",
+                                                  "epochs": "0"})
+    assert response.status_code == 200
+    assert 'placeholder="32"' in field_tag(response, "batch_size")
+    assert 'placeholder="15"' in field_tag(response, "rotation_range")
+    assert ('<option value="" selected>(preset: Class weights)</option>'
+            in field_tag(response, "imbalance"))
+
+
+def test_the_page_gives_its_script_each_presets_config_as_the_server_resolves_it(
+        browser_client, dataset):
+    from medml.config import PRESETS, TrainConfig, resolve_preset
+
+    response = browser_client.get("/jobs/new/")
+    data = json.loads(re.search(r'<script id="launch-data" type="application/json">(.*?)</script>',
+                                response.content.decode(), re.S).group(1))
+    assert set(data["presets"]) == {"", *PRESETS}
+    assert data["presets"][""]["config"] == TrainConfig().to_dict()
+    for name in PRESETS:
+        assert data["presets"][name]["config"] == resolve_preset(name).to_dict()
+        assert data["presets"][name]["hint"] == PRESETS[name].dataset_hint
+    settings = {setting["key"]: setting for setting in data["settings"]}
+    assert settings["augmentation.rotate90"]["field"] == "rotate90"
+    assert settings["augmentation.rotate90"]["label"] == "90° rotations"
+    assert settings["tta"]["field"] is None
+    assert data["datasets"] == {str(dataset.pk): "bloodmnist"}  # "Tiny blood"
+    assertContains(response, "/static/js/job_new.js")
+
+
+def test_a_preset_made_for_another_dataset_shows_a_note(browser_client, dataset, owner):
+    breast = DatasetFactory(owner=owner, name="Breast scans")
+    mismatch = browser_client.get(f"/jobs/new/?dataset={dataset.pk}&preset=strong_breast")
+    assertContains(mismatch, '<p class="preset-note" id="preset-note" role="status">This preset was '
+                             'made for breastmnist, and the chosen dataset looks like bloodmnist',
+                   html=False)
+    for query in (f"dataset={breast.pk}&preset=strong_breast", f"dataset={dataset.pk}&preset=smoke"):
+        match = browser_client.get(f"/jobs/new/?{query}")
+        assertContains(match, '<p class="preset-note" id="preset-note" role="status" hidden></p>',
+                       html=False)
 
 
 def test_launching_with_the_smoke_preset_queues_a_job_and_opens_its_page(
