@@ -70,3 +70,25 @@ def published_checksums(monkeypatch):
 
     monkeypatch.setattr(dataset_io, "published_md5", published_md5)
     return publish
+
+
+@pytest.fixture
+def spooled_uploads(settings, tmp_path, monkeypatch):
+    """Uploads over 1 KiB go to a temporary folder; returns it and the bytes that reached it
+    (how much of an upload past a limit got to the disk)."""
+    from pathlib import Path
+
+    from django.core.files.uploadhandler import TemporaryFileUploadHandler
+
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "upload-tmp")
+    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir()
+    spooled = []
+    receive = TemporaryFileUploadHandler.receive_data_chunk
+
+    def counting(handler, raw_data, start):
+        spooled.append(len(raw_data))
+        return receive(handler, raw_data, start)
+
+    monkeypatch.setattr(TemporaryFileUploadHandler, "receive_data_chunk", counting)
+    return Path(settings.FILE_UPLOAD_TEMP_DIR), spooled

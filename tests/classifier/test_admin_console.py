@@ -137,10 +137,8 @@ def test_an_admin_upload_is_imported(admin_client, media_root):
 
 
 def test_an_admin_upload_over_the_limit_stops_while_it_streams_in(
-        admin_client, settings, media_root, tmp_path):
-    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024  # larger uploads are spooled to a temporary file
-    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "upload-tmp")
-    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir()
+        admin_client, settings, media_root, spooled_uploads):
+    temp_dir, spooled = spooled_uploads
     settings.DATASET_UPLOAD_MAX_BYTES = 256 * 1024
 
     response = admin_client.post("/admin/classifier/dataset/import/", {
@@ -149,7 +147,8 @@ def test_an_admin_upload_over_the_limit_stops_while_it_streams_in(
     assert response.status_code == 200
     assert response.context["form"].errors["file"] == [
         "the file 'huge.npz' is larger than the limit of 262144 bytes; nothing was stored"]
-    assert list(Path(settings.FILE_UPLOAD_TEMP_DIR).iterdir()) == []
+    assert 0 < sum(spooled) <= settings.DATASET_UPLOAD_MAX_BYTES
+    assert list(temp_dir.iterdir()) == []
     assert not Dataset.objects.exists()
     assert not any(Path(media_root).rglob("*.npz"))
 

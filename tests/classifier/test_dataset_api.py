@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.core.files.uploadhandler import TemporaryFileUploadHandler
 from PIL import Image
 from rest_framework.test import APIClient
 
@@ -183,26 +182,16 @@ def test_it_rejects_an_upload_over_the_configured_size_limit(alice, settings, me
 
 
 def test_an_upload_over_the_limit_is_stopped_before_it_reaches_the_disk(
-        alice, settings, media_root, tmp_path, monkeypatch):
-    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024  # larger uploads are spooled to a temporary file
-    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "upload-tmp")
-    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir()
+        alice, settings, media_root, spooled_uploads):
+    temp_dir, spooled = spooled_uploads
     settings.DATASET_UPLOAD_MAX_BYTES = 256 * 1024
-    spooled = []
-    receive = TemporaryFileUploadHandler.receive_data_chunk
-
-    def counting(handler, raw_data, start):
-        spooled.append(len(raw_data))
-        return receive(handler, raw_data, start)
-
-    monkeypatch.setattr(TemporaryFileUploadHandler, "receive_data_chunk", counting)
 
     response = upload(client_for(alice), b"\0" * (4 * 1024 * 1024), "huge.npz")
 
     assert response.status_code == 413
     assert "larger than the limit of 262144 bytes" in response.json()["file"][0]
     assert 0 < sum(spooled) <= settings.DATASET_UPLOAD_MAX_BYTES
-    assert list(Path(settings.FILE_UPLOAD_TEMP_DIR).iterdir()) == []
+    assert list(temp_dir.iterdir()) == []
     assert not Dataset.objects.exists()
     assert stored_files(media_root) == []
 

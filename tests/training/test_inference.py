@@ -538,25 +538,6 @@ def test_a_bad_upload_on_the_page_shows_the_reason_and_creates_nothing(
     assert stored_files(media_root) == before
 
 
-@pytest.fixture
-def spooled_uploads(settings, tmp_path, monkeypatch):
-    """Uploads over 1 KiB go to a temporary folder; returns it and the bytes that reached it."""
-    from django.core.files.uploadhandler import TemporaryFileUploadHandler
-
-    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024
-    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "upload-tmp")
-    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir()
-    spooled = []
-    receive = TemporaryFileUploadHandler.receive_data_chunk
-
-    def counting(handler, raw_data, start):
-        spooled.append(len(raw_data))
-        return receive(handler, raw_data, start)
-
-    monkeypatch.setattr(TemporaryFileUploadHandler, "receive_data_chunk", counting)
-    return Path(settings.FILE_UPLOAD_TEMP_DIR), spooled
-
-
 def test_an_upload_over_the_limit_is_stopped_while_it_streams_in(
         api, model, settings, media_root, spooled_uploads, django_capture_on_commit_callbacks):
     temp_dir, spooled = spooled_uploads
