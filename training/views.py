@@ -137,8 +137,9 @@ def _inference_list(request):
         data = {"model": request.POST.get("model", ""), "split": request.POST.get("split", ""),
                 "file": request.FILES.get("file")}
         model_id = catalog_selectors.parse_id(data["model"])
-        if upload_refusal(request):  # once the body is read
-            errors.append(upload_refusal(request))
+        refusal = upload_refusal(request)  # known once the body is read
+        if refusal:
+            errors.append(refusal)
         elif model_id is None:
             errors.append("choose a model")
         elif bool(data["split"]) == bool(data["file"]):
