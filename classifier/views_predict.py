@@ -49,16 +49,19 @@ def classify_page(request):
         "nav": "classify",
         "groups": _model_groups(request.user),
         "max_files": limits["max_files"],
-        "max_megabytes": limits["max_bytes"] / (1024 * 1024),
+        "max_bytes": limits["max_bytes"],
     })
 
 
 class PredictionFilterForm(forms.Form):
-    model = forms.TypedChoiceField(required=False, coerce=int, empty_value=None)
-    dataset = forms.TypedChoiceField(required=False, coerce=int, empty_value=None)
-    label = forms.CharField(required=False, max_length=255)
-    created_after = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    created_before = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    # The labels are the page's; errors name the field by them.
+    model = forms.TypedChoiceField(label="Model", required=False, coerce=int, empty_value=None)
+    dataset = forms.TypedChoiceField(label="Dataset", required=False, coerce=int, empty_value=None)
+    label = forms.CharField(label="Predicted class", required=False, max_length=255)
+    created_after = forms.DateField(label="From", required=False,
+                                    widget=forms.DateInput(attrs={"type": "date"}))
+    created_before = forms.DateField(label="To", required=False,
+                                     widget=forms.DateInput(attrs={"type": "date"}))
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -70,6 +73,14 @@ class PredictionFilterForm(forms.Form):
             Q(pk__in=models.values("dataset")) | Q(pk__in=selectors.datasets_visible_to(user=user))
         ).order_by("name")
         self.fields["dataset"].choices = [("", "any dataset")] + [(d.pk, d.name) for d in datasets]
+
+    def clean(self):
+        cleaned = super().clean()
+        after, before = cleaned.get("created_after"), cleaned.get("created_before")
+        if after is not None and before is not None and after > before:
+            self.add_error("created_before", f"{before} is before the From day ({after}); no day "
+                                             "is in that range")
+        return cleaned
 
 
 @login_required

@@ -13,6 +13,7 @@ map, would vanish exactly where the model is surest.
 from __future__ import annotations
 
 import io
+import math
 
 import keras
 import numpy as np
@@ -20,6 +21,9 @@ import tensorflow as tf
 from PIL import Image
 
 OUTPUT_LAYER = "predictions"
+# Overlays are enlarged to about this many pixels on their longer side: a 28x28 image 8 times,
+# a 224x224 one not at all (8 times would make a 1792x1792 PNG of several megabytes).
+OVERLAY_DISPLAY_SIZE = 224
 # Layers that are part of the preprocessing, not learned features.
 _PREPROCESSING_LAYERS = frozenset({"rgb_to_grayscale"})
 
@@ -164,8 +168,9 @@ def colorize(heatmap: np.ndarray) -> np.ndarray:
     return _COLOUR_TABLE[np.rint(values * 255).astype(np.uint8)]
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, scale: int = 8) -> np.ndarray:
-    """The image with its heatmap blended on top, enlarged ``scale`` times for display.
+def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45,
+            scale: int | None = None) -> np.ndarray:
+    """The image with its heatmap blended on top, enlarged for display.
 
     The image is enlarged with nearest-neighbour (its pixels stay visible as squares) and the
     heatmap bilinearly (it is a smooth field).
@@ -174,7 +179,8 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, scal
         image: ``uint8`` ``(H, W, C)`` model input, ``C`` in ``{1, 3}``.
         heatmap: ``(H, W)`` in ``[0, 1]``.
         alpha: Weight of the heatmap colour.
-        scale: Integer enlargement.
+        scale: Integer enlargement; by default the smallest that brings the longer side to
+            :data:`OVERLAY_DISPLAY_SIZE` pixels (1 for images already that large).
 
     Returns:
         ``uint8`` RGB ``(H * scale, W * scale, 3)``.
@@ -187,6 +193,8 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, scal
             f"image must be uint8 with the heatmap's height and width. "
             f"Received: image {image.dtype} {image.shape}, heatmap {np.shape(heatmap)}"
         )
+    if scale is None:
+        scale = max(1, math.ceil(OVERLAY_DISPLAY_SIZE / max(image.shape[:2])))
     if not 0 <= alpha <= 1 or scale < 1:
         raise ValueError(f"alpha must be in [0, 1] and scale >= 1. Received: {alpha=}, {scale=}")
     height, width = image.shape[:2]
@@ -197,7 +205,8 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, scal
     return np.asarray(Image.blend(base, colours, alpha))
 
 
-def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, scale: int = 8) -> bytes:
+def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45,
+                scale: int | None = None) -> bytes:
     """PNG bytes of :func:`overlay`."""
     buffer = io.BytesIO()
     # Level 1: these small images gain almost nothing from harder compression, and it costs time.

@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 from pathlib import PurePath
 
+from django.core.exceptions import TooManyFilesSent
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, parsers, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.response import Response
 
 from classifier import selectors, services, services_predict
@@ -156,6 +157,36 @@ class PredictionFilterSerializer(serializers.Serializer):
     created_after = serializers.DateField(required=False, help_text="On or after this day (UTC).")
     created_before = serializers.DateField(required=False, help_text="On or before this day (UTC).")
 
+    def validate(self, attrs):
+        after, before = attrs.get("created_after"), attrs.get("created_before")
+        if after is not None and before is not None and after > before:
+            raise ValidationError({"created_before": [
+                f"{before} is before created_after ({after}); no day is in that range"]})
+        return attrs
+
+
+_FILTERS = tuple(PredictionFilterSerializer().fields)
+# Besides the filters: the pagination's, and DRF's format override.
+_LIST_PARAMETERS = frozenset(_FILTERS) | {"limit", "offset", "format"}
+
+
+def _filter_values(query_params) -> dict[str, str]:
+    """The filters asked for, one value each; an empty value is no filter (as on the page).
+
+    A parameter the list does not know, or a filter given twice, is refused rather than ignored:
+    a misspelt filter would otherwise list every prediction, as if it matched.
+    """
+    errors = {}
+    for name in sorted(query_params):
+        if name not in _LIST_PARAMETERS:
+            errors[name[:40]] = [f"not a parameter of this list; filter with {', '.join(_FILTERS)}"]
+        elif len(query_params.getlist(name)) > 1:
+            errors[name] = ["given more than once; give one value"]
+    if errors:
+        raise ValidationError(errors)
+    return {name: value for name, value in query_params.items()
+            if name in _FILTERS and value != ""}
+
 
 _FILTER_PARAMETERS = [
     OpenApiParameter("model", {"type": "integer", "minimum": 1},
@@ -169,6 +200,21 @@ _FILTER_PARAMETERS = [
 ]
 
 
+class PredictionUploadParser(CheckedNameMultiPartParser):
+    """The checked multipart parser, whose refusal of too many files names this endpoint's
+    limit (``PREDICTION_MAX_FILES``), not Django's larger one for every form."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except ParseError as exc:
+            if isinstance(exc.__cause__, TooManyFilesSent):
+                limit = services_predict.prediction_limits()["max_files"]
+                raise ValidationError({"images": [
+                    f"too many files were uploaded; at most {limit} are accepted at once"]}) from exc
+            raise
+
+
 @extend_schema_view(list=extend_schema(parameters=_FILTER_PARAMETERS))
 class PredictionViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
@@ -178,12 +224,12 @@ class PredictionViewSet(
 
     serializer_class = PredictionSerializer
     # Upload names are checked as sent (not silently cleaned), with JSON reasons for limits.
-    parser_classes = [CheckedNameMultiPartParser, parsers.FormParser]
+    parser_classes = [PredictionUploadParser, parsers.FormParser]
 
     def get_queryset(self):
         if self.action != "list":
             return selectors.predictions_owned_by(user=self.request.user)
-        filters = PredictionFilterSerializer(data=self.request.query_params)
+        filters = PredictionFilterSerializer(data=_filter_values(self.request.query_params))
         filters.is_valid(raise_exception=True)
         data = filters.validated_data
         return selectors.prediction_history(

@@ -14,6 +14,7 @@
   const errors = document.getElementById("classify-errors");
   const results = document.getElementById("results");
   const maxFiles = parseInt(form.dataset.maxFiles, 10) || 16;
+  const maxBytes = parseInt(form.dataset.maxBytes, 10) || 0;
   let selected = [];
   let previewUrls = [];
   let shownUrls = [];  // previews the results on the page still use
@@ -33,13 +34,28 @@
     return (100 * p).toFixed(1) + "%";
   }
 
+  function size(bytes) {
+    if (bytes < 1024) return bytes + " bytes";
+    if (bytes < 1024 * 1024) return (bytes / 1024).toFixed(1) + " KB";
+    return (bytes / (1024 * 1024)).toFixed(1) + " MB";
+  }
+
+  // An image the browser cannot show (TIFF, in most browsers) gets a note, not a broken icon.
+  function preview(src, attrs) {
+    const image = el("img", Object.assign({ src: src }, attrs));
+    image.addEventListener("error", () => {
+      image.replaceWith(el("span", { class: "no-preview", text: "no preview" }));
+    }, { once: true });
+    return image;
+  }
+
   function setFiles(files) {
     previewUrls.filter((url) => !shownUrls.includes(url)).forEach((url) => URL.revokeObjectURL(url));
     selected = Array.from(files);
     previewUrls = selected.map((file) => URL.createObjectURL(file));
     fileList.innerHTML = "";
     selected.forEach((file, i) => {
-      fileList.appendChild(el("li", {}, [el("img", { src: previewUrls[i], alt: "" }), el("span", { text: file.name })]));
+      fileList.appendChild(el("li", {}, [preview(previewUrls[i], { alt: "" }), el("span", { text: file.name })]));
     });
     statusLine.textContent = selected.length ? selected.length + " image(s) ready." : "";
   }
@@ -70,7 +86,7 @@
       ]);
     });
     const images = el("div", { class: "result-images" }, [
-      el("figure", {}, [el("img", { class: "upload", src: previewUrl || prediction.image_url, alt: "uploaded image" }), el("figcaption", { text: "Upload" })]),
+      el("figure", {}, [preview(previewUrl || prediction.image_url, { class: "upload", alt: "uploaded image" }), el("figcaption", { text: "Upload" })]),
       prediction.gradcam ? el("figure", {}, [
         el("img", { class: "gradcam", src: prediction.gradcam, alt: "Grad-CAM heatmap for " + prediction.predicted_label }),
         el("figcaption", { text: "Grad-CAM: " + prediction.predicted_label }),
@@ -96,20 +112,39 @@
     return el("article", { class: "card result", "data-prediction-id": String(prediction.id) }, [images, body]);
   }
 
+  function carriesFiles(event) {
+    return Boolean(event.dataTransfer) && Array.from(event.dataTransfer.types || []).includes("Files");
+  }
+
   dropZone.addEventListener("dragover", (event) => { event.preventDefault(); dropZone.classList.add("dragging"); });
-  dropZone.addEventListener("dragleave", () => dropZone.classList.remove("dragging"));
-  dropZone.addEventListener("drop", (event) => {
+  dropZone.addEventListener("dragleave", (event) => {
+    // Passing over the zone's own text or link is not leaving it.
+    if (!dropZone.contains(event.relatedTarget)) dropZone.classList.remove("dragging");
+  });
+  // Files dropped anywhere on the page are taken as if dropped on the zone: otherwise the browser
+  // opens the file in place of this page and the form is lost.
+  window.addEventListener("dragover", (event) => { if (carriesFiles(event)) event.preventDefault(); });
+  window.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
     event.preventDefault();
     dropZone.classList.remove("dragging");
-    if (event.dataTransfer && event.dataTransfer.files.length) setFiles(event.dataTransfer.files);
+    if (event.dataTransfer.files.length) setFiles(event.dataTransfer.files);
   });
   input.addEventListener("change", () => setFiles(input.files));
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     errors.innerHTML = "";
+    results.innerHTML = "";  // earlier answers are not left under a new request's outcome
     if (!selected.length) { showErrors("Choose or drop at least one image."); return; }
     if (selected.length > maxFiles) { showErrors("At most " + maxFiles + " images can be classified at once."); return; }
+    // Refused here rather than after a long upload; the server checks the same limit.
+    const tooLarge = selected.filter((file) => maxBytes && file.size > maxBytes);
+    if (tooLarge.length) {
+      statusLine.textContent = "Not sent; nothing was stored.";
+      showErrors({ images: tooLarge.map((file) => file.name + ": the file is " + size(file.size) + "; the limit is " + size(maxBytes) + " per image") });
+      return;
+    }
     const data = new FormData();
     selected.forEach((file) => data.append("images", file, file.name));
     const [kind, id] = select.value.split(":");

@@ -409,6 +409,19 @@ def test_a_file_over_the_size_limit_is_refused(client, model, media_root, settin
     assert Prediction.objects.count() == 0 and stored_uploads(media_root) == []
 
 
+def test_more_files_than_django_takes_are_refused_with_this_endpoints_limit(
+    client, model, media_root, settings
+):
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 5  # past it, the form is not even parsed
+    settings.PREDICTION_MAX_FILES = 3
+    response = post(client, [good_png() for _ in range(6)], model=model.pk)
+    assert response.status_code == 400
+    # Not Django's limit of 5: the user would send 5, to be told then that 3 is the most.
+    assert response.json() == {
+        "images": ["too many files were uploaded; at most 3 are accepted at once"]}
+    assert Prediction.objects.count() == 0 and stored_uploads(media_root) == []
+
+
 def test_every_bad_file_of_a_request_is_reported_at_once(client, model):
     response = post(client, [upload("a.png", b""), good_png(), upload("b.png", b"xx")], model=model.pk)
     assert response.status_code == 400
@@ -531,6 +544,30 @@ def test_the_history_filters_by_model_dataset_label_and_day(client, history, mod
     assert ids(created_before=str(today - dt.timedelta(days=1))) == [mine[0]["id"]]
     assert mine[0]["id"] not in ids(created_after=str(today))
     assert client.get(URL, {"created_after": "yesterday"}).status_code == 400
+
+
+def test_the_history_refuses_a_filter_it_would_otherwise_ignore_and_says_why(client, history):
+    def refusal(params):
+        response = client.get(URL, params)
+        assert response.status_code == 400, response.json()
+        return response.json()
+
+    # A misspelt filter listed every prediction, as if all matched.
+    assert refusal({"created_from": "2030-01-01"}) == {"created_from": [
+        "not a parameter of this list; filter with model, dataset, label, created_after, "
+        "created_before"]}
+    assert refusal({"model": ["1", "2"]}) == {"model": ["given more than once; give one value"]}
+    # A range that ends before it starts listed nothing, as if nothing matched.
+    assert refusal({"created_after": "2030-01-02", "created_before": "2030-01-01"}) == {
+        "created_before": ["2030-01-01 is before created_after (2030-01-02); no day is in that range"]}
+
+
+def test_the_history_takes_the_pages_query_string_where_an_empty_filter_is_none(client, history):
+    # What the history page's filter form sends when nothing is chosen.
+    params = {"model": "", "dataset": "", "label": "", "created_after": "", "created_before": ""}
+    response = client.get(URL, {**params, "limit": "2"})
+    assert response.status_code == 200, response.json()
+    assert response.json()["count"] == 3
 
 
 def test_the_stored_image_is_served_as_a_download_of_its_real_type(client, model):
@@ -662,6 +699,18 @@ def test_the_history_page_filters_by_the_dataset_of_a_public_model_and_never_ign
     assert their_row in html and "errorlist" not in html
     html = stranger.get(reverse("prediction-list"), {"model": 999999}).content.decode()
     assert "errorlist" in html and their_row not in html
+    assert "No predictions match these filters." in html
+
+
+def test_the_history_page_names_its_fields_and_refuses_a_range_that_ends_before_it_starts(
+    browser_client, history
+):
+    html = browser_client.get(reverse("prediction-list"), {
+        "created_after": "2030-01-02", "created_before": "2030-01-01", "model": "abc",
+    }).content.decode()
+    errors = html.split('<ul class="errorlist">')[1].split("</ul>")[0]
+    assert "<li>Model: Select a valid choice. abc is not one of the available choices.</li>" in errors
+    assert "<li>To: 2030-01-01 is before the From day (2030-01-02); no day is in that range</li>" in errors
     assert "No predictions match these filters." in html
 
 

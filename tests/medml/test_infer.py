@@ -398,3 +398,14 @@ def test_the_colour_map_runs_from_dark_blue_to_dark_red():
     assert low.tolist() == [48, 18, 59]
     assert high.tolist() == [122, 4, 3]
     assert middle[1] > 200  # green-yellow in the middle
+
+
+@pytest.mark.parametrize(("side", "shown"), [(28, 224), (64, 256), (128, 256), (224, 224)])
+def test_the_overlay_is_enlarged_to_about_224_pixels_whatever_the_dataset_size(side, shown):
+    # 8 times for every size would answer a 224x224 dataset with 1792x1792 PNGs of megabytes.
+    image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    heatmap = np.linspace(0, 1, side * side, dtype=np.float32).reshape(side, side)
+    decoded = Image.open(io.BytesIO(overlay_png(image, heatmap)))
+    assert decoded.size == (shown, shown)
+    if side == 224:
+        np.testing.assert_array_equal(np.asarray(decoded), overlay(image, heatmap, scale=1))
