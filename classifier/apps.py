@@ -21,7 +21,13 @@ class ClassifierConfig(AppConfig):
     verbose_name = "Catalog: datasets, models and predictions"
 
     def ready(self):
-        from classifier.models import Dataset, ModelVersion
+        from classifier.models import Dataset, ModelEvaluation, ModelVersion, Prediction
+        from classifier.signals import delete_files_with_rows
+
+        delete_files_with_rows(Dataset, "data_file")
+        delete_files_with_rows(ModelVersion, "artifact")
+        delete_files_with_rows(Prediction, "image")
+        delete_files_with_rows(ModelEvaluation, "probabilities")
 
         # The cached rows of classification requests (``selectors.serving_models``).
         for name, signal in (("save", post_save), ("delete", post_delete)):
