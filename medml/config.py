@@ -117,7 +117,10 @@ class TrainConfig:
             training set with replacement so that each class is equally likely).
         label_smoothing: In ``[0, 0.5)``.
         early_stopping_patience: Stop after this many epochs without improvement of
-            ``monitor``; ``None`` never stops early.
+            ``monitor``; ``None`` never stops early. A run with stages (frozen backbone then
+            fine-tuning, phase 1 then phase 2, augmented then clean final epochs) always reaches
+            its last stage: patience counts from the start of that stage
+            (:attr:`early_stopping_from`), so it is never cut short before it.
         monitor: Validation metric that picks the best epoch (and drives early stopping).
         two_phase: Train ``phase1_epochs`` epochs without augmentation, then the remaining
             epochs with it (the report's "train, then retrain with augmentation").
@@ -229,6 +232,23 @@ class TrainConfig:
     @property
     def uses_featurewise_normalization(self) -> bool:
         return self.augmentation.enabled and self.augmentation.featurewise_normalization
+
+    @property
+    def early_stopping_from(self) -> int:
+        """First epoch (1-based) of the run's last stage, where early stopping may end the run.
+
+        The stages begin when the backbone is unfrozen, when phase 2 adds augmentation and when
+        the clean final epochs switch it off; a run without stages has one, from epoch 1.
+        """
+        starts = [1]
+        if self.backbone_freeze_epochs:
+            starts.append(self.backbone_freeze_epochs + 1)
+        if self.augmentation.enabled and self.augmentation.has_random_transforms:
+            if self.two_phase:
+                starts.append(self.phase1_epochs + 1)
+            if self.clean_final_epochs:
+                starts.append(self.epochs - self.clean_final_epochs + 1)
+        return max(starts)
 
     @property
     def backbone_freeze_epochs(self) -> int:

@@ -57,6 +57,7 @@ from sklearn.metrics import log_loss
 from sklearn.utils.class_weight import compute_class_weight
 
 from medml.architectures import (
+    ARCHITECTURES,
     build_model,
     count_parameters,
     resolve_pretrained_weights,
@@ -200,7 +201,9 @@ def train(
     Raises:
         ConfigError: for an invalid config.
         ValueError: for data that does not fit the config (missing splits, labels out of range,
-            ``monitor="val_auc"`` with classes absent from the validation split).
+            fewer than 2 classes, images smaller than the architecture takes,
+            ``monitor="val_auc"`` with classes absent from the validation split); raised before
+            anything is written.
         PretrainedWeightsUnavailableError: when ``config.pretrained`` and the weights file is
             missing (raised before anything is trained or written).
     """
@@ -331,14 +334,16 @@ def train(
         else:
             improved = False
         patience = config.early_stopping_patience
-        if patience is not None and epoch < total and epoch - state.best_epoch >= patience:
+        # Patience counts from the best epoch, or from the start of the last stage if later.
+        since = max(state.best_epoch, config.early_stopping_from - 1)
+        if patience is not None and epoch < total and epoch - since >= patience:
             state.stopped_early = True
         checkpoints.commit(model, {**state_header, **state.to_json()}, save_best=improved)
         hooks.on_epoch_end(epoch=epoch, total_epochs=total, metrics=dict(entry))
         if state.stopped_early:
             hooks.log(
                 f"Early stopping after epoch {epoch}: {config.monitor} has not improved for "
-                f"{patience} epoch(s) since epoch {state.best_epoch}."
+                f"{patience} epoch(s) since epoch {since}."
             )
 
     result = TrainResult(
@@ -560,9 +565,10 @@ def learning_rate_for_epoch(config: TrainConfig, epoch: int) -> float:
     """The learning rate of epoch ``epoch`` (1-based).
 
     Warm-up ramps linearly over ``warmup_epochs`` epochs (``lr * e / (warmup_epochs + 1)``),
-    then ``schedule`` runs: ``"constant"``; ``"step"`` (x0.1 once more than half of all epochs
-    are done, x0.01 after three quarters); ``"cosine"`` (from ``lr`` after warm-up down towards 0
-    at the end). After a pretrained backbone is unfrozen, everything is divided by 10.
+    then ``schedule`` runs: ``"constant"``; ``"step"`` (x0.1 once half of all epochs are done,
+    x0.01 once three quarters are: with 100 epochs, epochs 51-75 and 76-100, as in MedMNIST v2;
+    a single epoch trains at ``lr``); ``"cosine"`` (from ``lr`` after warm-up down towards 0 at
+    the end). After a pretrained backbone is unfrozen, everything is divided by 10.
     """
     base = config.learning_rate
     if config.backbone_freeze_epochs and epoch > config.backbone_freeze_epochs:
@@ -571,7 +577,8 @@ def learning_rate_for_epoch(config: TrainConfig, epoch: int) -> float:
     if epoch <= warmup:
         return base * epoch / (warmup + 1)
     if config.schedule == "step":
-        passed = sum(epoch > fraction * config.epochs for fraction in STEP_MILESTONES)
+        done = epoch - 1  # epochs completed before this one
+        passed = sum(done >= fraction * config.epochs for fraction in STEP_MILESTONES)
         return base * STEP_FACTOR**passed
     if config.schedule == "cosine":
         progress = (epoch - warmup - 1) / max(config.epochs - warmup, 1)
@@ -744,6 +751,20 @@ def _check_data(data: DatasetArrays, config: TrainConfig) -> None:
             raise ValueError(
                 f"Split {split!r} has labels outside [0, {data.num_classes - 1}]."
             )
+    if data.num_classes < 2:
+        raise ValueError(f"Training needs at least 2 classes; the dataset has {data.num_classes}.")
+    height, width, channels = shape
+    min_size = ARCHITECTURES[config.architecture].min_size
+    if channels not in (1, 3):
+        raise ValueError(
+            f"The dataset's images have {channels} channels; models take grayscale (1) or RGB "
+            "(3) images."
+        )
+    if height < min_size or width < min_size:
+        raise ValueError(
+            f"The dataset's images are {height}x{width}; {config.architecture} needs at least "
+            f"{min_size}x{min_size}: import the dataset again with a larger image size."
+        )
     if config.monitor == "val_auc":
         absent = sorted(set(range(data.num_classes)) - set(data.labels("val").tolist()))
         if absent:

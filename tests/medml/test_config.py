@@ -259,6 +259,33 @@ def test_augmentation_is_active_only_in_phase_2_of_a_two_phase_run():
     ]
 
 
+@pytest.mark.parametrize(
+    ("extra", "start"),
+    [
+        ({}, 1),
+        ({"two_phase": True, "phase1_epochs": 4}, 5),
+        ({"clean_final_epochs": 3}, 8),
+        ({"two_phase": True, "phase1_epochs": 4, "clean_final_epochs": 2}, 9),
+        ({"architecture": "vgg16", "pretrained": True, "freeze_backbone_epochs": 6}, 7),
+        ({"architecture": "vgg16", "freeze_backbone_epochs": 6}, 1),  # ignored, not pretrained
+        ({"two_phase": True, "phase1_epochs": 4, "architecture": "vgg16", "pretrained": True,
+          "freeze_backbone_epochs": 2}, 5),
+    ],
+)
+def test_early_stopping_counts_from_the_start_of_the_last_stage(extra, start):
+    config = TrainConfig.from_dict(
+        {"epochs": 10, "augmentation": {"enabled": True, "rotate90": True}, **extra}
+    )
+
+    assert config.early_stopping_from == start
+
+
+def test_clean_final_epochs_without_augmentation_make_no_stage():
+    config = TrainConfig.from_dict({"epochs": 10, "clean_final_epochs": 3})
+
+    assert config.early_stopping_from == 1
+
+
 def test_disabled_augmentation_keeps_its_settings_but_applies_nothing():
     config = TrainConfig.from_dict(
         {"augmentation": {"enabled": False, "rotate90": True, "featurewise_normalization": True}}

@@ -107,6 +107,31 @@ def test_step_schedule_divides_by_ten_after_half_and_three_quarters():
     assert rates == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
+@pytest.mark.parametrize(
+    ("epochs", "expected"),
+    [
+        (1, [1]),
+        (2, [1, 0.1]),
+        (3, [1, 1, 0.1]),
+        (5, [1, 1, 1, 0.1, 0.01]),
+    ],
+)
+def test_step_schedule_decays_only_once_the_milestone_epochs_are_done(epochs, expected):
+    step = config(epochs=epochs, schedule="step", learning_rate=1.0)
+
+    rates = [learning_rate_for_epoch(step, epoch) for epoch in range(1, epochs + 1)]
+
+    assert rates == pytest.approx(expected)
+
+
+def test_step_schedule_follows_medmnist_v2_over_100_epochs():
+    step = config(epochs=100, schedule="step", learning_rate=1.0)
+
+    rates = {epoch: learning_rate_for_epoch(step, epoch) for epoch in (50, 51, 75, 76, 100)}
+
+    assert rates == pytest.approx({50: 1, 51: 0.1, 75: 0.1, 76: 0.01, 100: 0.01})
+
+
 def test_cosine_schedule_warms_up_then_decays():
     cosine = config(epochs=6, schedule="cosine", warmup_epochs=2, learning_rate=1.0)
 
@@ -226,6 +251,26 @@ def test_val_auc_monitoring_needs_every_class_in_validation(tmp_path):
 
     with pytest.raises(ValueError, match="val_auc"):
         train(config=config(monitor="val_auc"), data=data, workdir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (synthetic_data(shape=(7, 7, 1)), r"images are 7x7; compact_cnn needs at least 8x8"),
+        (synthetic_data(shape=(30, 6, 3)), r"images are 30x6; compact_cnn needs at least 8x8"),
+        (synthetic_data(train_counts=(5,)), r"at least 2 classes; the dataset has 1"),
+        (synthetic_data(shape=(16, 16, 4)), r"4 channels; models take grayscale \(1\) or RGB"),
+    ],
+)
+def test_data_the_architecture_cannot_take_fails_before_anything_is_written(
+    tmp_path, data, message
+):
+    workdir = tmp_path / "run"
+
+    with pytest.raises(ValueError, match=message):
+        train(config=config(), data=data, workdir=workdir)
+
+    assert not workdir.exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,7 +436,8 @@ def test_two_phase_training_augments_only_in_phase_2(tmp_path):
 
     assert [entry["augmented"] for entry in result.history] == [False, True, True]
     assert hooks.logged("Phase 2: augmentation on from epoch 2")
-    assert [entry["lr"] for entry in result.history] == pytest.approx([0.05, 0.005, 0.0005])
+    # Step schedule over 3 epochs: x0.1 once 1.5 epochs are done, i.e. from epoch 3.
+    assert [entry["lr"] for entry in result.history] == pytest.approx([0.05, 0.05, 0.005])
     assert result.test_metrics is None
     assert result.class_weight is None
     best = keras.models.load_model(result.model_path)
@@ -438,6 +484,30 @@ def test_early_stopping_with_class_weights(tmp_path):
         {"0": 42 / 72, "1": 42 / 36, "2": 42 / 18}
     )
     assert result.test_metrics is not None
+
+
+def test_early_stopping_waits_for_phase_2_of_a_two_phase_run(tmp_path):
+    hooks = RecordingHooks()
+    # Stalled as above: no epoch after the first improves, so a patience of 1 would end the run
+    # after epoch 2, in phase 1, before augmentation was ever used.
+    stalled = config(
+        architecture="blood_cnn_85",
+        epochs=5,
+        learning_rate=1e-7,
+        early_stopping_patience=1,
+        two_phase=True,
+        phase1_epochs=2,
+        augmentation={"enabled": True, "horizontal_flip": True},
+    )
+
+    result = train(config=stalled, data=synthetic_data(), workdir=tmp_path, hooks=hooks,
+                   evaluate_test=False)
+
+    assert [entry["augmented"] for entry in result.history] == [False, False, True]
+    assert result.stopped_early
+    assert result.best_epoch == 1
+    assert hooks.logged("Early stopping after epoch 3: val_accuracy has not improved for 1 "
+                        "epoch(s) since epoch 2.")
 
 
 @pytest.mark.slow
