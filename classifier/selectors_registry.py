@@ -46,21 +46,22 @@ REPORT_REFERENCES = {
     ],
 }
 
-# (key, heading, kind) of the comparison table; kind says how a value is shown.
+# (key, heading, kind, better) of the comparison table; kind says how a value is shown, better
+# whether a higher or a lower value is the better one (None: neither).
 COMPARE_COLUMNS = [
-    ("model", "Model", "text"),
-    ("architecture", "Architecture", "text"),
-    ("accuracy", "Accuracy", "ratio"),
-    ("precision_weighted", "Precision (weighted)", "ratio"),
-    ("recall_weighted", "Recall (weighted)", "ratio"),
-    ("f1_weighted", "F1 (weighted)", "ratio"),
-    ("roc_auc", "AUC", "ratio"),
-    ("balanced_accuracy", "Balanced accuracy", "ratio"),
-    ("ece", "ECE", "ratio"),
-    ("num_params", "Parameters", "int"),
-    ("train_seconds", "Training time (s)", "seconds"),
-    ("eval_ms_per_image", "Batch inference (ms/image)", "ms"),
-    ("serving_latency_ms", "Serving latency (median ms)", "ms"),
+    ("model", "Model", "text", None),
+    ("architecture", "Architecture", "text", None),
+    ("accuracy", "Accuracy", "ratio", "higher"),
+    ("precision_weighted", "Precision (weighted)", "ratio", "higher"),
+    ("recall_weighted", "Recall (weighted)", "ratio", "higher"),
+    ("f1_weighted", "F1 (weighted)", "ratio", "higher"),
+    ("roc_auc", "AUC", "ratio", "higher"),
+    ("balanced_accuracy", "Balanced accuracy", "ratio", "higher"),
+    ("ece", "ECE", "ratio", "lower"),
+    ("num_params", "Parameters", "int", None),
+    ("train_seconds", "Training time (s)", "seconds", "lower"),
+    ("eval_ms_per_image", "Batch inference (ms/image)", "ms", "lower"),
+    ("serving_latency_ms", "Serving latency (median ms)", "ms", "lower"),
 ]
 
 
@@ -156,6 +157,7 @@ def model_card_facts(*, model_version: ModelVersion) -> dict:
         "report_reference": spec.report_reference if spec else None,
         "owner": model_version.owner.username if model_version.owner else None,
         "created_at": model_version.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+        "public_benchmark": f"MedMNIST {flag}" if (flag := medmnist_flag(dataset)) else None,
         "artifact_sha256": model_version.sha256,
         "num_params": model_version.num_params,
         "train_seconds": model_version.train_seconds,
@@ -333,7 +335,8 @@ def model_comparison(*, user, dataset: Dataset, model_ids: list[int]) -> dict:
                           "f1": [by_index.get(i) for i in range(len(class_names))]})
     return {
         "dataset": {"id": dataset.pk, "name": dataset.name, "class_names": class_names},
-        "columns": [{"key": key, "label": label, "kind": kind} for key, label, kind in COMPARE_COLUMNS],
+        "columns": [{"key": key, "label": label, "kind": kind, "better": better}
+                    for key, label, kind, better in COMPARE_COLUMNS],
         "rows": rows,
         "references": report_references_for(dataset),
         "confusion_matrices": [_confusion(m, class_names) for m in models],

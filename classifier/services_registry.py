@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_ALIAS = selectors_registry.DEFAULT_ALIAS
 ALIAS_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 EXPORT_SAMPLES = 8
+EVALUATED_SPLITS = ("val", "test")
 
 
 class RegistryPermissionError(Exception):
@@ -143,9 +144,10 @@ def model_version_evaluate(*, model_version: ModelVersion, split: str = "test") 
 
     Raises:
         services.ArtifactIntegrityError: when the artifact changed since registration.
-        EvaluationError: for a split other than ``val`` or ``test``.
+        EvaluationError: for a split other than ``val`` or ``test``, or a model whose outputs
+            are not one per class of the dataset.
     """
-    if split not in ("val", "test"):
+    if split not in EVALUATED_SPLITS:
         raise EvaluationError(f"only the val and test splits are evaluated, not '{split}'")
     from medml.evaluate import predict_proba
 
@@ -155,6 +157,12 @@ def model_version_evaluate(*, model_version: ModelVersion, split: str = "test") 
         return None
     images, labels = arrays.images(split), arrays.labels(split)
     model = _load_model(model_version)
+    outputs, names = int(model.output.shape[-1]), list(dataset.class_names)
+    if outputs != len(names):
+        raise EvaluationError(
+            f"{model_version} gives {outputs} class probabilities but {dataset} has "
+            f"{len(names)} classes ({', '.join(names)}): its outputs cannot be read as them"
+        )
     started = time.perf_counter()
     probs = predict_proba(model, images, tta=model_version.uses_tta)
     seconds = time.perf_counter() - started

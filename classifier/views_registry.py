@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.db.models.deletion import ProtectedError
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
@@ -27,10 +28,16 @@ def _format(value, kind: str) -> str:
     return str(value)
 
 
+def _by_accuracy(rows: list[dict]) -> list[dict]:
+    """Most accurate first; rows without an accuracy last, in their order."""
+    return sorted(rows, key=lambda row: (row["accuracy"] is None, -(row["accuracy"] or 0)))
+
+
 def _table_rows(comparison: dict) -> list[dict]:
-    """Comparison rows as cells with their display text and their sort value."""
+    """Comparison rows as cells with their display text and their sort value: measured models
+    most accurate first, then the report's rows."""
     rows = []
-    for row in comparison["rows"] + comparison["references"]:
+    for row in _by_accuracy(comparison["rows"]) + comparison["references"]:
         cells = [
             {"key": c["key"], "text": _format(row[c["key"]], c["kind"]),
              "sort": "" if row[c["key"]] is None else row[c["key"]], "kind": c["kind"]}
@@ -40,6 +47,11 @@ def _table_rows(comparison: dict) -> list[dict]:
     return rows
 
 
+def _p_value(value: float) -> str:
+    """A p-value to four decimals; one too small for that is "< 0.0001", never "0.0000"."""
+    return "< 0.0001" if value < 0.0001 else f"{value:.4f}"
+
+
 def _dataset_from_query(request):
     dataset_id = selectors.parse_id(request.GET.get("dataset", ""))
     if dataset_id is not None:
@@ -47,15 +59,31 @@ def _dataset_from_query(request):
     return None
 
 
+MODELS_PER_PAGE = 50
+
+
 @login_required
 def model_list(request):
-    dataset = _dataset_from_query(request)
+    raw = request.GET.get("dataset", "")
+    error = None
+    if raw and selectors.parse_id(raw) is None:
+        error = f"'{raw}' is not a dataset id: choose a dataset from the list"
+    dataset = None if error else _dataset_from_query(request)
+    models = selectors_registry.model_versions_for_list(user=request.user, dataset=dataset)
+    # A filter that cannot be applied shows no models, never every model instead.
+    page = Paginator(models.none() if error else models, MODELS_PER_PAGE).get_page(
+        request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
     return render(request, "classifier/model_list.html", {
         "nav": "models",
         "dataset": dataset,
         "datasets": selectors.datasets_visible_to(user=request.user),
-        "models": selectors_registry.model_versions_for_list(user=request.user, dataset=dataset),
-    })
+        "models": page,
+        "page": page,
+        "query": query.urlencode(),
+        "error": error,
+    }, status=400 if error else 200)
 
 
 @login_required
@@ -84,6 +112,9 @@ def model_detail(request, pk: int):
         "visible_ids": set(selectors.model_versions_visible_to(user=request.user)
                            .filter(dataset=model.dataset_id).values_list("pk", flat=True)),
         "changes": selectors_registry.alias_changes(dataset=model.dataset, limit=20),
+        # A public model may belong to a dataset the user cannot see: no links to it then.
+        "dataset_visible": selectors.datasets_visible_to(user=request.user).filter(
+            pk=model.dataset_id).exists(),
         "can_manage": selectors_registry.can_manage_model(user=request.user, model_version=model),
         "can_change_aliases": selectors_registry.can_change_aliases(user=request.user),
         "default_alias": selectors_registry.DEFAULT_ALIAS,
@@ -97,9 +128,10 @@ def model_compare(request):
         ids = selectors_registry.parse_model_ids(request.GET.getlist("models"))
         dataset = _dataset_from_query(request)
         if dataset is None and ids:
-            # The list page's checkboxes may not name the dataset; the first model's will do.
+            # The list page's checkboxes may not name the dataset; the first model's will do,
+            # if the user may see it (as the API, which is given the dataset, requires).
             first = selectors_registry.model_get_for_user(user=request.user, pk=ids[0])
-            dataset = first.dataset
+            dataset = selectors.dataset_get_for_user(user=request.user, pk=first.dataset_id)
         if dataset is None:
             raise selectors_registry.ComparisonError("choose models to compare on the models page")
         comparison = selectors_registry.model_comparison(
@@ -125,7 +157,9 @@ def model_compare(request):
             for i, name in enumerate(comparison["dataset"]["class_names"])
         ],
         "mcnemar_rows": [
-            {"model": name, "cells": comparison["mcnemar"]["matrix"][i]}
+            {"model": name,
+             "cells": [cell and {**cell, "p_text": _p_value(cell["p_value"])}
+                       for cell in comparison["mcnemar"]["matrix"][i]]}
             for i, name in enumerate(comparison["mcnemar"]["models"])
         ],
     })
@@ -186,7 +220,7 @@ def model_evaluate(request, pk: int):
     model = _manageable(request, pk)
     try:
         evaluation = services_registry.model_version_evaluate(model_version=model)
-    except services.ArtifactIntegrityError as exc:
+    except (services_registry.EvaluationError, services.ArtifactIntegrityError) as exc:
         messages.error(request, str(exc))
     except FileNotFoundError:
         messages.error(request, f"A stored file of {model} is missing; it cannot be loaded.")

@@ -9,7 +9,8 @@ are reported as not recorded, never guessed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 TIMES = "\u00d7"  # the multiplication sign, as in image sizes
@@ -29,6 +30,7 @@ def render_model_card(facts: Mapping[str, Any]) -> str:
         facts: A mapping with these keys (all optional except ``name`` and ``version``):
             ``name``, ``version``, ``architecture``, ``architecture_title``,
             ``architecture_description``, ``report_reference``, ``owner``, ``created_at``,
+            ``public_benchmark`` (the name of the published benchmark the dataset is, if any),
             ``artifact_sha256``, ``num_params``, ``train_seconds``, ``config`` (dict),
             ``history`` (list of per-epoch dicts), ``metrics`` (test report from
             :func:`medml.stats.full_report`), ``val_metrics``, ``decision_threshold``,
@@ -60,9 +62,18 @@ def _title(facts: Mapping[str, Any]) -> str:
     return f"# Model card: {facts['name']} v{facts['version']}{tag}"
 
 
+def _ensemble_size(facts: Mapping[str, Any]) -> int:
+    size = (facts.get("config") or {}).get("ensemble_size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 1 else 1
+
+
 def _details(facts: Mapping[str, Any]) -> str:
+    architecture = _join(facts.get("architecture_title"), facts.get("architecture"))
+    members = _ensemble_size(facts)
+    if architecture and members > 1:
+        architecture += f"; an ensemble of {members} such models, their probabilities averaged"
     rows = [
-        ("Architecture", _join(facts.get("architecture_title"), facts.get("architecture"))),
+        ("Architecture", architecture),
         ("Description", facts.get("architecture_description")),
         ("Report reference", facts.get("report_reference") or "none: not one of the report's models"),
         ("Parameters", _count(facts.get("num_params"))),
@@ -76,13 +87,19 @@ def _details(facts: Mapping[str, Any]) -> str:
 def _intended_use(facts: Mapping[str, Any]) -> str:
     dataset = facts.get("dataset") or {}
     shape = dataset.get("image_shape")
-    size = f"{shape[0]}{TIMES}{shape[1]}" if shape else f"28{TIMES}28"
+    benchmark = facts.get("public_benchmark")
+    if shape:
+        size = f"Inputs are {shape[0]}{TIMES}{shape[1]} images with {shape[2]} channel(s)"
+        low_resolution = max(shape[0], shape[1]) <= 64
+    else:
+        size, low_resolution = "The input size is not recorded", False
     limits = [
-        f"Inputs are {size} images"
-        + (f" with {shape[2]} channel(s)" if shape else "")
-        + ": far below clinical resolution, so fine detail a clinician would rely on is absent.",
-        "Trained and tested on one public benchmark; performance on images from other sites, "
-        "devices or populations is unknown and likely lower.",
+        size + (": far below clinical resolution, so fine detail a clinician would rely on is "
+                "absent." if low_resolution else "."),
+        (f"Trained and tested on one public benchmark ({benchmark})" if benchmark else
+         "Trained and tested on one dataset")
+        + "; performance on images from other sites, devices or populations is unknown and "
+          "likely lower.",
         "Every prediction names one of the training classes, even for an image unlike any of "
         "them.",
         "Confidence intervals describe sampling variation of the test split only.",
@@ -128,9 +145,13 @@ def _training(facts: Mapping[str, Any]) -> str:
         ("Epochs trained", str(len(history)) if history else None),
         ("Training time", _seconds(facts.get("train_seconds"))),
     ]
+    val_accuracy = (facts.get("val_metrics") or {}).get("accuracy")
+    if val_accuracy is not None:
+        rows.append(("Validation accuracy of this model", _number(val_accuracy)))
     best = _best_epoch(history)
     if best:
-        rows.append(("Best validation accuracy",
+        rows.append(("Best validation accuracy" + (" of a member" if _ensemble_size(facts) > 1
+                                                   else ""),
                      f"{best['val_accuracy']:.4f} at epoch {best.get('epoch', '?')}"))
     if history:
         last = history[-1]
@@ -140,7 +161,8 @@ def _training(facts: Mapping[str, Any]) -> str:
         ) or None))
     text = "## Training\n\n" + _kv(rows)
     if config:
-        shown = ", ".join(f"`{key}={value}`" for key, value in sorted(config.items()))
+        shown = ", ".join(f"`{key}={_setting(value)}`"
+                          for key, value in _flattened(dict(sorted(config.items()))))
         text += f"\n\nConfiguration: {shown}"
     return text
 
@@ -167,9 +189,13 @@ def _evaluation(metrics: Mapping[str, Any], dataset: Mapping[str, Any]) -> str:
         ("Log loss", metrics.get("log_loss"), None),
     ]
     level = intervals.get("level", 0.95)
+    tta = (metrics.get("evaluation") or {}).get("tta")
+    rule = ("the most probable class of the probabilities averaged over the image and its "
+            "horizontal and vertical flips (test-time augmentation)" if tta
+            else "the most probable class")
     lines = [
         f"On the test split ({metrics.get('n', '?')} images, never used to choose the model); "
-        "predictions are the most probable class.",
+        f"predictions are {rule}.",
         "",
         f"| Metric | Value | {level:.0%} CI |",
         "|---|---:|---:|",
@@ -230,7 +256,7 @@ def _threshold(facts: Mapping[str, Any]) -> str:
         positive = point["positive_class"]
         lines.append(
             f"Chosen on the validation split for a sensitivity of at least "
-            f"{point['target_sensitivity']:.0%} for class {positive}{_name(names, positive)}: "
+            f"{100 * point['target_sensitivity']:.4g}% for class {positive}{_name(names, positive)}: "
             f"predict it when its probability is ≥ {point['threshold']:.6g} "
             f"(validation sensitivity {_number(point['sensitivity'])}, specificity "
             f"{_number(point.get('specificity'))})."
@@ -260,6 +286,30 @@ def _reproducibility(facts: Mapping[str, Any]) -> str:
 # --- Formatting ----------------------------------------------------------------------------------
 
 
+def _flattened(settings: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted.key, value)`` of nested settings, in their order."""
+    for key, value in settings.items():
+        if isinstance(value, Mapping) and value:
+            yield from _flattened(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _setting(value: Any) -> str:
+    """A configuration value as a reader writes it: ``none``, ``true``, ``[1, 2]``, ``0.001``."""
+    if value is None or (isinstance(value, Mapping | list | tuple) and not value):
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "—"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_setting(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "; ".join(f"{key}: {_setting(item)}" for key, item in _flattened(value))
+    return str(value)
+
+
 def _kv(rows: Sequence[tuple[str, Any]]) -> str:
     return "\n".join(f"- **{key}:** {value if value not in (None, '') else 'not recorded'}"
                      for key, value in rows)
@@ -284,7 +334,9 @@ def _seconds(value: Any) -> str | None:
 
 
 def _number(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, int | float) else "—"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "—"
+    return f"{value:.4f}"
 
 
 def _interval(interval: Mapping[str, Any] | None) -> str:
@@ -296,7 +348,7 @@ def _interval(interval: Mapping[str, Any] | None) -> str:
 def _inline_dict(value: Any) -> str | None:
     if not value:
         return None
-    return "; ".join(f"{key}: {item}" for key, item in value.items())
+    return "; ".join(f"{key}: {_setting(item)}" for key, item in _flattened(value))
 
 
 def _cell(text: Any) -> str:

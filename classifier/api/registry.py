@@ -102,6 +102,10 @@ class RollbackSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
 
 
+class EvaluateSerializer(serializers.Serializer):
+    split = serializers.ChoiceField(choices=services_registry.EVALUATED_SPLITS, default="test")
+
+
 class ThresholdSerializer(serializers.Serializer):
     target_sensitivity = serializers.FloatField(min_value=0.0, max_value=1.0)
 
@@ -123,9 +127,12 @@ _FILES_CONFLICT = OpenApiResponse(
 _NOT_MANAGER = OpenApiResponse(description="Not the model's owner or staff")
 
 
-class _NoTestImages(APIException):
+SPLIT_NAMES = {"test": "test", "val": "validation"}
+
+
+class _NotEvaluated(APIException):
     status_code = status.HTTP_400_BAD_REQUEST
-    default_code = "no_test_images"
+    default_code = "not_evaluated"
 
 
 class _Conflict(APIException):
@@ -302,21 +309,30 @@ class ModelExportView(APIView):
 
 
 class ModelEvaluateView(APIView):
-    """Evaluate the model on its dataset's test split now (owner or staff); returns the report."""
+    """Evaluate the model on its dataset's test split (or ``{"split": "val"}``) now (owner or
+    staff); returns the report, which replaces the model's test (or validation) metrics."""
 
-    @extend_schema(request=None, responses={
+    @extend_schema(request=EvaluateSerializer, responses={
         200: OpenApiTypes.OBJECT,
-        400: OpenApiResponse(description="The model's dataset has no test images"),
+        400: OpenApiResponse(description="Another split, no images in the split, or a model "
+                                         "whose outputs do not match the dataset's classes"),
         403: _NOT_MANAGER, 409: _FILES_CONFLICT,
     })
     def post(self, request, pk):
         model = _manageable_model(request, pk)
-        with _stored_files_of(model):
-            evaluation = services_registry.model_version_evaluate(model_version=model)
+        form = EvaluateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        split = form.validated_data["split"]
+        try:
+            with _stored_files_of(model):
+                evaluation = services_registry.model_version_evaluate(model_version=model,
+                                                                      split=split)
+        except services_registry.EvaluationError as exc:
+            raise _NotEvaluated(str(exc)) from exc
         if evaluation is None:
             # ``detail`` is a string, as in every other error that names no field.
-            raise _NoTestImages(f"{model.dataset} has no test images")
-        return Response(model.metrics)
+            raise _NotEvaluated(f"{model.dataset} has no {SPLIT_NAMES[split]} images")
+        return Response(model.metrics if split == "test" else model.val_metrics)
 
 
 class ModelThresholdView(APIView):

@@ -30,8 +30,10 @@
     headers.forEach((th, column) => {
       const activate = () => {
         const kind = th.dataset.kind || "text";
-        // Numbers start high-to-low (best accuracy first); a second click reverses.
-        const descending = th.getAttribute("aria-sort") === "none" ? kind !== "text"
+        // Numbers start with the best value (high-to-low unless lower is better, as for ECE or
+        // latency); a second click reverses.
+        const descending = th.getAttribute("aria-sort") === "none"
+          ? kind !== "text" && th.dataset.better !== "lower"
           : th.getAttribute("aria-sort") === "ascending";
         headers.forEach((other) => other.setAttribute("aria-sort", "none"));
         th.setAttribute("aria-sort", descending ? "descending" : "ascending");
