@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -148,29 +149,35 @@ def read_zip(
                 parts = dataset_io.check_member_is_safe(info)
             except dataset_io.DatasetFormatError as exc:
                 raise BatchInputError(str(exc)) from exc
-            path = PurePosixPath(*parts) if parts else PurePosixPath(info.filename)
-            if info.is_dir() or any(p.startswith(".") or p == "__MACOSX" for p in path.parts):
+            # What the dataset import skips too: hidden files, macOS metadata, Windows thumbnails.
+            if info.is_dir() or not parts or dataset_io._is_ignored_member(parts):
                 continue
+            path = PurePosixPath(*parts)
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise BatchInputError(f"'{info.filename}' is not a PNG, JPEG, BMP or TIFF file")
             # Refused from its declared size: reading it first would expand a zip bomb in memory.
             if info.file_size > max_image_bytes:
                 raise BatchInputError(f"'{info.filename}' has {info.file_size} bytes; the limit "
                                       f"is {max_image_bytes}")
-            members.append(info)
+            members.append((info, path))
         if not members:
             raise BatchInputError("the archive holds no images")
         if len(members) > limits.max_members:
             raise BatchInputError(
                 f"archive has {len(members)} images; the limit is {limits.max_members}")
-        if sum(m.file_size for m in members) > limits.max_total_bytes:
+        if sum(info.file_size for info, _ in members) > limits.max_total_bytes:
             raise BatchInputError(f"archive expands past the limit of {limits.max_total_bytes} bytes")
-        members.sort(key=lambda m: m.filename)
-        labels = _folder_labels([m.filename for m in members], class_names)
+        members.sort(key=lambda member: member[0].filename)
+        # Folders from the checked path: some Windows tools write "class\\image.png".
+        labels = _folder_labels([str(path) for _, path in members], class_names)
         arrays, names, notes = [], [], {}
-        for done, info in enumerate(members, start=1):
+        for done, (info, _) in enumerate(members, start=1):
             try:
-                image = images.decode_upload(archive.read(info), max_pixels=limits.max_image_pixels,
+                data = archive.read(info)
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError) as exc:
+                raise BatchInputError(f"'{info.filename}' is corrupt: {exc}") from exc
+            try:
+                image = images.decode_upload(data, max_pixels=limits.max_image_pixels,
                                              max_bytes=max_image_bytes)
                 array, warn = images.to_model_input(
                     image, height=shape[0], width=shape[1], channels=shape[2],
@@ -226,11 +233,11 @@ def write_results(
         if name in batch.warnings:
             row["warnings"] = batch.warnings[name]
         rows.append(row)
-        writer.writerow([_csv_safe(name), index, row["predicted_label"], *truth]
-                        + [f"{p:.6f}" for p in row_probs])
+        writer.writerow([_csv_safe(name), index, _csv_safe(row["predicted_label"]),
+                         *map(_csv_safe, truth)] + [f"{p:.6f}" for p in row_probs])
     return text.getvalue().encode(), json.dumps(rows).encode()
 
 
 def _csv_safe(text: str) -> str:
-    """File names are user input: keep a spreadsheet from reading one as a formula."""
+    """File and class names are user input: keep a spreadsheet from reading one as a formula."""
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

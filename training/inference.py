@@ -117,23 +117,24 @@ def inference_job_submit(
 
 
 class InferenceJobStateError(Exception):
-    """The job cannot do that in its current state (a queued or running job is not deleted)."""
+    """The job cannot do that in its current state."""
 
 
 def inference_job_delete(*, job: InferenceJob) -> None:
-    """Delete a finished batch job and, once that is committed, its uploaded input and results.
+    """Delete a batch job and, once that is committed, its uploaded input and results.
 
-    Raises:
-        InferenceJobStateError: for a job that is queued or running; nothing is changed.
+    A queued job is deleted before any worker runs it (its message then finds nothing to do);
+    a running one stops at its next progress report, about every second, and removes whatever
+    it had written. Deleting a job that is already gone does nothing.
     """
     with transaction.atomic():
-        locked = InferenceJob.objects.select_for_update().get(pk=job.pk)
-        if locked.is_active:
-            raise InferenceJobStateError(
-                f"batch job #{locked.pk} is {locked.status}; it can be deleted once it has ended")
+        locked = InferenceJob.objects.select_for_update().filter(pk=job.pk).first()
+        if locked is None:
+            return
         files = [f.name for f in (locked.input_file, locked.results_csv, locked.results_json) if f]
         locked.delete()
         transaction.on_commit(lambda: [default_storage.delete(name) for name in files])
+    logger.info("inference job %s deleted (%s)", job.pk, locked.status)
 
 
 def inference_job_enqueue(*, job: InferenceJob) -> None:
@@ -158,13 +159,24 @@ def _claim(job_id: int) -> str | None:
     return None
 
 
+class _JobLost(Exception):
+    """This run no longer holds the job: it was deleted, or another worker took it over."""
+
+
 def inference_job_run(*, job_id: int) -> str:
     """Claim and run one batch inference job to a terminal state."""
     token = _claim(job_id)
     if token is None:
         return "skipped: finished or held by a live worker"
-    job = InferenceJob.objects.select_related("model_version__dataset").get(pk=job_id)
+    job = InferenceJob.objects.select_related("model_version__dataset").filter(pk=job_id).first()
+    if job is None:  # deleted since the claim
+        return "lost the job"
     mine = InferenceJob.objects.filter(pk=job_id, claim_token=token, status=Status.RUNNING)
+
+    def beat(**fields) -> None:
+        if not mine.update(heartbeat_at=timezone.now(), **fields):
+            raise _JobLost(f"inference job {job_id} is no longer held by this run")
+
     started = time.perf_counter()
     try:
         from medml.infer import TTA_VIEWS, answer_warnings  # TensorFlow: workers only
@@ -178,7 +190,7 @@ def inference_job_run(*, job_id: int) -> str:
                 names=[f"{job.split}[{i}]" for i in range(len(arrays.labels(job.split)))])
         else:
             def reading(done: int, total: int) -> None:  # decoding a big zip takes a while
-                mine.update(heartbeat_at=timezone.now())
+                beat()
 
             with job.input_file.open("rb") as fh:
                 batch = _read_input(model_version=model, source=fh, filename=job.input_name,
@@ -203,8 +215,7 @@ def inference_job_run(*, job_id: int) -> str:
             else:
                 probs[start:stop] = predictor.predict(images)
             if time.monotonic() - last_beat > 1.0 or stop == len(batch):
-                if not mine.update(done=stop, heartbeat_at=timezone.now()):
-                    return "lost the job"
+                beat(done=stop)
                 last_beat = time.monotonic()
         predicted = services_predict.predicted_indices(probs, threshold)
         # The single-image answers' warnings about the answer itself, in the rows of the JSON.
@@ -231,38 +242,46 @@ def inference_job_run(*, job_id: int) -> str:
             default_storage.delete(csv_name)
             default_storage.delete(json_name)
             return "lost the job"
+    except _JobLost:
+        return "lost the job"  # deleted meanwhile, or taken over by another worker
     except services.DATABASE_UNAVAILABLE:
         raise  # not the job's fault: the task retries, or the sweep hands the job on
     except Exception as exc:
+        if not mine.update(status=Status.FAILED, finished_at=timezone.now(),
+                           error=services.job_error(exc)):
+            return "lost the job"  # e.g. its input went with the job, deleted meanwhile
         logger.exception("inference job %s failed", job_id)
-        mine.update(status=Status.FAILED, finished_at=timezone.now(),
-                    error=f"{type(exc).__name__}: {exc}")
         return "failed"
     return "succeeded"
 
 
 def inference_jobs_sweep(*, queued_grace: float | None = None) -> int:
     """Queue again the running jobs whose worker stopped sending heartbeats, and the queued jobs
-    whose message went missing from the broker (as ``training_jobs_sweep`` does)."""
+    whose message went missing from the broker (as ``training_jobs_sweep`` does). A job whose
+    message is already waiting in the broker is not sent again."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT)
-    jobs = list(InferenceJob.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale))
-    for job in jobs:
-        inference_job_enqueue(job=job)
+    abandoned = list(InferenceJob.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale)
+                     .values_list("pk", flat=True))
     grace = services._queued_grace() if queued_grace is None else queued_grace
     waiting = list(InferenceJob.objects.filter(
         status=Status.QUEUED, created_at__lt=now - timedelta(seconds=grace)
     ).values_list("pk", flat=True))
-    if waiting:
-        from medplatform.celery import waiting_task_args
-        from training.tasks import run_inference_job
+    if not abandoned and not waiting:
+        return 0
+    from medplatform.celery import waiting_task_args
+    from training.tasks import run_inference_job
 
-        in_broker = waiting_task_args(run_inference_job.name)
-        present = {args[0] for args in in_broker or [] if args}
-        missing = [job_id for job_id in waiting if in_broker is not None and job_id not in present]
-        for job_id in missing:
-            logger.warning("sweep: inference job %s is queued but its message is missing; "
-                           "sending it again", job_id)
-            inference_job_enqueue(job=InferenceJob(pk=job_id))
-        return len(jobs) + len(missing)
-    return len(jobs)
+    in_broker = waiting_task_args(run_inference_job.name)
+    present = set() if in_broker is None else {args[0] for args in in_broker if args}
+    # An abandoned job is sent even when the broker cannot be read: its claim keeps it single.
+    requeued = [pk for pk in abandoned if pk not in present]
+    if in_broker is not None:
+        for job_id in waiting:
+            if job_id not in present:
+                logger.warning("sweep: inference job %s is queued but its message is missing; "
+                               "sending it again", job_id)
+                requeued.append(job_id)
+    for job_id in requeued:
+        inference_job_enqueue(job=InferenceJob(pk=job_id))
+    return len(requeued)

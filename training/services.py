@@ -45,6 +45,10 @@ DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 DB_RETRY_SECONDS = 120.0
 # A queued job whose broker message is missing for longer than this is sent again by the sweep.
 DEFAULT_QUEUED_GRACE = 300.0
+# Runs of one job whose worker died (``JOB_MAX_DELIVERIES``) before the job is failed rather than
+# resumed again: a job that kills its worker every time (out of memory, say) would otherwise
+# stay running for ever, taking a worker down at each delivery.
+DEFAULT_MAX_DELIVERIES = 10
 
 
 class JobStateError(Exception):
@@ -260,7 +264,8 @@ def training_job_claim(*, job_id: int) -> str | None:
 
     A queued job is claimed outright. A running job is taken over only when its heartbeat is
     older than ``JOB_HEARTBEAT_TIMEOUT`` (its worker died); training then resumes from the last
-    checkpoint. Finished jobs are never touched.
+    checkpoint. A job whose workers died in each of its last ``JOB_MAX_DELIVERIES`` runs is
+    failed instead, with the reason. Finished jobs are never touched.
     """
     token = uuid.uuid4().hex
     now = timezone.now()
@@ -271,6 +276,20 @@ def training_job_claim(*, job_id: int) -> str | None:
         logger.info("job %s run %s: claimed the queued job", job_id, token[:8])
         return token
     stale = now - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT)
+    runs = _max_deliveries()
+    error = (f"its worker stopped during each of its {runs} runs (killed, out of memory, or its "
+             f"node went away); it was not started again")
+    with transaction.atomic():
+        failed = jobs.filter(status=Status.RUNNING, heartbeat_at__lt=stale,
+                             deliveries__gte=runs).update(status=Status.FAILED, error=error,
+                                                          finished_at=now)
+        if failed:
+            _append_log(job_id, f"failed: {error}")
+    if failed:
+        logger.warning("job %s: %s", job_id, error)
+        # A retry is a new job that starts afresh: nothing will resume from these.
+        shutil.rmtree(job_workdir(job_id), ignore_errors=True)
+        return None
     if jobs.filter(status=Status.RUNNING, heartbeat_at__lt=stale).update(**worker):
         logger.info("job %s run %s: took the job over from a silent worker", job_id, token[:8])
         _log_quietly(job_id, "previous worker stopped answering; resuming from the last checkpoint")
@@ -426,6 +445,16 @@ def _finish(job_id: int, token: str, *, log: str, **fields) -> bool:
     return retry_through_outage(finish, what=f"job {job_id}: recording the outcome")
 
 
+def job_error(exc: Exception) -> str:
+    """What a job that ``exc`` ended shows as its error."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return (f"stopped at the time limit of {settings.CELERY_TASK_SOFT_TIME_LIMIT} s that one "
+                f"run of a job may take (CELERY_TASK_SOFT_TIME_LIMIT)")
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _log_quietly(job_id: int, line: str) -> None:
     """A job log line that is not worth failing for: dropped (and logged here) during an outage."""
     try:
@@ -475,7 +504,7 @@ def training_job_run(
         raise  # not the job's fault: the task retries, or the sweep hands the job on
     except Exception as exc:
         logger.exception("training job %s failed", job_id)
-        error = f"{type(exc).__name__}: {exc}"
+        error = job_error(exc)
         if _finish(job_id, token, status=Status.FAILED, error=error, log=f"failed: {error}"):
             # A retry is a new job that starts afresh: nothing will resume from these.
             shutil.rmtree(workdir, ignore_errors=True)
@@ -618,6 +647,10 @@ def _register_result(job: TrainingJob, token: str, result) -> bool:
         reset_broken_connection()
         _log_quietly(job.pk, f"full evaluation of {model} failed: {type(exc).__name__}: {exc}")
     return True
+
+
+def _max_deliveries() -> int:
+    return int(getattr(settings, "JOB_MAX_DELIVERIES", DEFAULT_MAX_DELIVERIES))
 
 
 def _queued_grace() -> float:

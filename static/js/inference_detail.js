@@ -16,7 +16,7 @@
     document.querySelector("#inf-progress .label").textContent = pct + "%";
     $("inf-error").textContent = job.error || "";
     $("inf-downloads").hidden = job.status !== "succeeded";
-    $("inference-delete-form").hidden = ["queued", "running"].includes(job.status);
+    $("inference-delete-button").textContent = ["queued", "running"].includes(job.status) ? "Stop and delete" : "Delete job and files";
     const body = document.querySelector("#inf-summary tbody");
     body.innerHTML = "";
     // Most frequent class first (the stored summary's key order depends on the database).

@@ -353,3 +353,49 @@ def test_results_keep_a_spreadsheet_from_reading_a_file_name_as_a_formula():
     csv_bytes, _ = write_results(batch, np.array([[0.25, 0.75]]), np.array([1]), ["a", "b"])
     row = csv_bytes.decode().splitlines()[1]
     assert row.startswith("\"'=cmd") or row.startswith("'=cmd")
+
+
+def test_results_keep_a_spreadsheet_from_reading_a_class_name_as_a_formula():
+    class_names = ["=HYPERLINK(\"http://x\")", "@SUM(1)", "benign, \"usual\"\nform"]
+    batch = BatchInput(images=np.zeros((2, 2, 2, 1), np.uint8), names=["a.png", "b.png"],
+                       labels=np.array([1, 2]))
+    csv_bytes, json_bytes = write_results(batch, np.array([[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]]),
+                                          np.array([0, 2]), class_names)
+    rows = list(csv.reader(io.StringIO(csv_bytes.decode())))
+
+    assert [row[2:4] for row in rows[1:]] == [
+        ["'=HYPERLINK(\"http://x\")", "'@SUM(1)"],
+        ["benign, \"usual\"\nform", "benign, \"usual\"\nform"],
+    ]
+    assert not any(cell[:1] in ("=", "+", "-", "@") for row in rows for cell in row)
+    # The JSON is data, not a spreadsheet: the names as they are.
+    assert json.loads(json_bytes)[0]["predicted_label"] == class_names[0]
+
+
+def corrupt_member_zip(name: str, image: bytes) -> io.BytesIO:
+    """A zip whose member ``name`` has damaged compressed data (its directory is intact)."""
+    data = bytearray(zip_file({"scans/1.png": png(random_images(1)[0]),
+                               name: image + b"\0" * 4096}).getvalue())
+    start = data.index(name.encode()) + len(name)  # the member's data follows its local header
+    data[start + 8:start + 40] = b"\xff" * 32
+    return io.BytesIO(bytes(data))
+
+
+def test_a_member_whose_compressed_data_is_damaged_is_refused_naming_it():
+    with pytest.raises(BatchInputError) as caught:
+        load_zip(corrupt_member_zip("scans/2.png", png(random_images(1)[0])))
+    assert str(caught.value).startswith("'scans/2.png' is corrupt: ")
+
+
+def test_windows_thumbnail_caches_and_folder_settings_are_skipped_as_the_import_does():
+    image = png(random_images(1)[0])
+    batch = load_zip(zip_file({"normal/1.png": image, "normal/Thumbs.db": b"\0",
+                               "normal/desktop.ini": b"[.ShellClassInfo]"}))
+    assert batch.names == ["normal/1.png"]
+    assert batch.labels.tolist() == [2]
+
+
+def test_class_folders_written_with_backslashes_give_the_labels():
+    image = png(random_images(1)[0])
+    batch = load_zip(zip_file({"adenoma\\1.png": image, "normal\\2.png": image}))
+    assert batch.labels.tolist() == [0, 2]

@@ -20,6 +20,7 @@ from classifier import services
 from classifier.models import ModelVersion
 from medml import infer
 from medml.architectures import build_model
+from medplatform.celery import waiting_task_args
 from tests.factories import (
     DatasetFactory,
     ModelVersionFactory,
@@ -29,7 +30,7 @@ from tests.factories import (
     save_tiny_trained_model,
     zip_bytes,
 )
-from tests.training.conftest import TINY_COUNTS
+from tests.training.conftest import TINY_COUNTS, send_tasks_to_the_broker
 from training import inference
 from training.models import InferenceJob
 
@@ -220,6 +221,21 @@ def test_the_sweep_requeues_a_job_whose_worker_stopped_and_it_then_finishes(owne
     assert fresh.claim_token == "live-worker"
 
 
+def test_a_job_whose_worker_died_is_sent_again_once_while_no_worker_takes_it(
+        owner, model, dataset, monkeypatch):
+    send_tasks_to_the_broker(monkeypatch)  # no worker: the message waits in the broker
+    job = InferenceJob.objects.create(
+        owner=owner, model_version=model, source=InferenceJob.Source.DATASET, dataset=dataset,
+        split="test", total=12, status=Status.RUNNING, claim_token="dead-worker",
+        heartbeat_at=timezone.now() - timedelta(hours=1), started_at=timezone.now())
+
+    assert inference.inference_jobs_sweep() == 1
+    # Sweeps until a worker comes back send nothing more: the message is still waiting.
+    assert inference.inference_jobs_sweep() == 0
+    assert inference.inference_jobs_sweep() == 0
+    assert waiting_task_args("training.tasks.run_inference_job") == [(job.pk,)]
+
+
 def test_a_model_that_cannot_be_loaded_fails_the_job_with_the_reason(
         owner, dataset, django_capture_on_commit_callbacks):
     missing = ModelVersionFactory(dataset=dataset, owner=owner, name="lost-artifact")
@@ -232,6 +248,23 @@ def test_a_model_that_cannot_be_loaded_fails_the_job_with_the_reason(
     assert job.error
     assert not job.results_csv
     assert job.finished_at is not None
+
+
+def test_a_job_stopped_at_the_time_limit_fails_saying_so(
+        owner, model, dataset, monkeypatch, settings, django_capture_on_commit_callbacks):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def past_the_limit(*args, **kwargs):
+        raise SoftTimeLimitExceeded()  # what Celery raises in the task at its soft time limit
+
+    monkeypatch.setattr(inference.services_predict, "predictor_for", past_the_limit)
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 600
+    with django_capture_on_commit_callbacks(execute=True):
+        job = inference.inference_job_create(owner=owner, model_version=model, dataset=dataset,
+                                             split="test")
+    job.refresh_from_db()
+    assert job.status == Status.FAILED and job.finished_at is not None
+    assert job.error.startswith("stopped at the time limit of 600 s")
 
 
 def test_a_binary_models_report_includes_the_metrics_at_its_decision_threshold(
@@ -384,6 +417,24 @@ def test_a_bad_upload_is_refused_with_the_reason_and_nothing_is_stored(
     assert stored_files(media_root) == before
 
 
+def test_a_zip_with_a_damaged_member_is_refused_with_the_reason_and_nothing_is_stored(
+        api, model, dataset_arrays, media_root, django_capture_on_commit_callbacks):
+    image = png(dataset_arrays["test_images"][0])
+    data = bytearray(zip_bytes({"a.png": image, "b.png": image + b"\0" * 4096}))
+    start = data.index(b"b.png") + len("b.png")  # its compressed data follows its local header
+    data[start + 8:start + 40] = b"\xff" * 32
+    before = stored_files(media_root)
+
+    response = launch(api, django_capture_on_commit_callbacks, model=model.pk,
+                      file=upload("clinic.zip", bytes(data)))
+
+    assert response.status_code == 400
+    [message] = response.json()["file"]
+    assert message.startswith("clinic.zip: 'b.png' is corrupt: ")
+    assert not InferenceJob.objects.exists()
+    assert stored_files(media_root) == before
+
+
 def test_an_empty_upload_is_refused(api, model, django_capture_on_commit_callbacks):
     response = launch(api, django_capture_on_commit_callbacks, model=model.pk,
                       file=upload("clinic.zip", b""))
@@ -430,7 +481,7 @@ def test_anonymous_requests_are_refused_with_401(db):
 # --- the API: reading jobs -----------------------------------------------------------------------
 
 
-def test_a_finished_job_is_deleted_with_its_input_and_results_but_not_while_it_runs(
+def test_a_finished_job_is_deleted_with_its_input_and_results(
         api, model, other_user, dataset_arrays, media_root, browser_client,
         django_capture_on_commit_callbacks):
     archive = zip_bytes({f"scan-{i}.png": png(image)
@@ -444,19 +495,59 @@ def test_a_finished_job_is_deleted_with_its_input_and_results_but_not_while_it_r
     stranger = APIClient()
     stranger.force_authenticate(other_user)
     assert stranger.delete(f"{JOBS}{first}/").status_code == 404
-    InferenceJob.objects.filter(pk=second).update(status=Status.RUNNING)
-    response = api.delete(f"{JOBS}{second}/")
-    assert response.status_code == 409 and "is running" in response.json()["detail"]
 
     with django_capture_on_commit_callbacks(execute=True):
         assert api.delete(f"{JOBS}{first}/").status_code == 204
     assert sorted(n for n in stored_files(media_root) if n.startswith("inference/")) == [
         f"inference/results/job-{second}.csv", f"inference/results/job-{second}.json"]
 
-    InferenceJob.objects.filter(pk=second).update(status=Status.SUCCEEDED)
     with django_capture_on_commit_callbacks(execute=True):
         response = browser_client.post(f"/inference/{second}/delete/")
     assert response.status_code == 302 and response["Location"] == "/inference/"
+    assert not InferenceJob.objects.exists()
+    assert not [n for n in stored_files(media_root) if n.startswith("inference/")]
+
+
+def test_a_queued_job_is_deleted_with_its_input_and_its_message_then_does_nothing(
+        api, model, dataset_arrays, media_root, django_capture_on_commit_callbacks):
+    # No worker listens to the inference queue: without this the job would wait for ever.
+    archive = zip_bytes({"scan.png": png(dataset_arrays["test_images"][0])})
+    with django_capture_on_commit_callbacks(execute=False):
+        job_id = api.post(JOBS, {"model": model.pk, "file": upload("clinic.zip", archive)},
+                          format="multipart").json()["id"]
+    assert InferenceJob.objects.get(pk=job_id).status == Status.QUEUED
+    assert [n for n in stored_files(media_root) if n.startswith("inference/inputs/")]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.delete(f"{JOBS}{job_id}/").status_code == 204
+
+    assert not InferenceJob.objects.exists()
+    assert inference.inference_job_run(job_id=job_id).startswith("skipped")
+    assert not [n for n in stored_files(media_root) if n.startswith("inference/")]
+
+
+def test_a_running_job_deleted_from_its_page_stops_and_leaves_no_files(
+        owner, model, dataset_arrays, media_root, browser_client, monkeypatch,
+        django_capture_on_commit_callbacks):
+    archive = zip_bytes({f"scan-{i}.png": png(image)
+                         for i, image in enumerate(dataset_arrays["test_images"][:3])})
+    with django_capture_on_commit_callbacks(execute=False):
+        job = inference.inference_job_create(owner=owner, model_version=model,
+                                             upload=upload("clinic.zip", archive))
+    page = browser_client.get(f"/inference/{job.pk}/")
+    assertContains(page, "Stop and delete")
+    loading = inference.services_predict.predictor_for
+
+    def deleted_while_the_model_loads(*args, **kwargs):
+        assert InferenceJob.objects.get(pk=job.pk).status == Status.RUNNING
+        with django_capture_on_commit_callbacks(execute=True):
+            response = browser_client.post(f"/inference/{job.pk}/delete/")
+        assert response.status_code == 302 and response["Location"] == "/inference/"
+        return loading(*args, **kwargs)
+
+    monkeypatch.setattr(inference.services_predict, "predictor_for", deleted_while_the_model_loads)
+
+    assert inference.inference_job_run(job_id=job.pk) == "lost the job"
     assert not InferenceJob.objects.exists()
     assert not [n for n in stored_files(media_root) if n.startswith("inference/")]
 

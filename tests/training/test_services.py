@@ -172,6 +172,28 @@ def test_a_running_job_with_a_stale_heartbeat_is_taken_over(new_job):
     assert "resuming from the last checkpoint" in job.log[-1]
 
 
+def test_a_job_whose_worker_died_in_each_of_its_runs_is_failed_not_taken_over_again(
+        new_job, settings):
+    settings.JOB_MAX_DELIVERIES = 3
+    job = new_job()
+    for _ in range(3):  # each run's worker dies (out of memory, say) before the job ends
+        assert services.training_job_claim(job_id=job.pk)
+        age_heartbeat(job)
+    workdir = services.job_workdir(job.pk)
+    workdir.mkdir(parents=True)
+    (workdir / "last.keras").write_bytes(b"checkpoint")
+
+    assert services.training_job_run(job_id=job.pk).startswith("skipped")
+
+    job.refresh_from_db()
+    assert job.status == Status.FAILED and job.finished_at is not None
+    assert job.deliveries == 3
+    assert job.error.startswith("its worker stopped during each of its 3 runs")
+    assert job.log[-1].endswith(f"failed: {job.error}")
+    assert not workdir.exists()
+    assert services.training_jobs_sweep() == 0  # not sent again
+
+
 def claim_concurrently(job_id: int, workers: int = 6) -> list[str | None]:
     """Claims from several threads (each with its own database connection) at the same moment."""
     barrier = threading.Barrier(workers)
@@ -277,6 +299,23 @@ def test_a_job_whose_training_raises_ends_failed_with_the_error(new_job, monkeyp
     assert job.finished_at is not None
     assert "failed: RuntimeError: the GPU caught fire" in job.log[-1]
     assert not ModelVersion.objects.exists()
+
+
+def test_a_job_stopped_at_the_time_limit_says_so(new_job, monkeypatch, settings):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    def train_past_the_limit(**kwargs):
+        raise SoftTimeLimitExceeded()  # what Celery raises in the task at its soft time limit
+
+    monkeypatch.setattr("medml.fit.train", train_past_the_limit)
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 7200
+    job = new_job()
+    assert services.training_job_run(job_id=job.pk) == "failed"
+    job.refresh_from_db()
+    assert job.status == Status.FAILED
+    assert job.error == ("stopped at the time limit of 7200 s that one run of a job may take "
+                         "(CELERY_TASK_SOFT_TIME_LIMIT)")
+    assert job.log[-1].endswith(f"failed: {job.error}")
 
 
 @pytest.mark.slow

@@ -111,14 +111,11 @@ class InferenceJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         return InferenceJob.objects.visible_to(self.request.user).select_related(
             "owner", "model_version", "dataset")
 
-    @extend_schema(responses={204: None, 409: OpenApiResponse(
-        description="The job is queued or running; nothing was deleted")})
+    @extend_schema(responses={204: None})
     def destroy(self, request, *args, **kwargs):
-        """Delete a finished job with its uploaded input and its results."""
-        try:
-            inference.inference_job_delete(job=self.get_object())
-        except inference.InferenceJobStateError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        """Delete a job with its uploaded input and its results; a queued or running job is
+        stopped first (a running one within about a second)."""
+        inference.inference_job_delete(job=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
