@@ -602,6 +602,10 @@ def load_dataset_npz(
 # Zip of image folders
 
 
+# What Python's zipfile reads: stored, deflate, bzip2 and LZMA (not deflate64, nor AES).
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+
+
 def _is_ignored_member(parts: list[str]) -> bool:
     return (
         parts[0] == "__MACOSX"
@@ -625,6 +629,11 @@ def check_member_is_safe(info: zipfile.ZipInfo) -> list[str]:
         raise DatasetFormatError(f"member '{name}' is a symbolic link")
     if info.flag_bits & 0x1:
         raise DatasetFormatError(f"member '{name}' is encrypted")
+    if not info.is_dir() and info.compress_type not in _ZIP_METHODS:
+        raise DatasetFormatError(
+            f"member '{name}' uses zip compression method {info.compress_type}, which cannot be "
+            "read; zip the folder again with standard (deflate) compression"
+        )
     return parts
 
 

@@ -184,10 +184,6 @@ def inference_delete(request, pk: int):
     from training.models import InferenceJob
 
     job = get_object_or_404(InferenceJob.objects.visible_to(request.user), pk=pk)
-    try:
-        inference.inference_job_delete(job=job)
-    except inference.InferenceJobStateError as exc:
-        messages.error(request, str(exc))
-        return redirect("inference-detail", pk=pk)
+    inference.inference_job_delete(job=job)
     messages.success(request, f"Deleted batch job #{pk} and its files.")
     return redirect("inference-list")
