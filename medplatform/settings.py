@@ -201,6 +201,8 @@ CELERY_TASK_EAGER_PROPAGATES = True
 JOB_HEARTBEAT_TIMEOUT = env.int("JOB_HEARTBEAT_TIMEOUT", default=120)
 # Seconds a job may wait queued before the sweeper checks that the broker still holds its message.
 JOB_QUEUED_GRACE = env.float("JOB_QUEUED_GRACE", default=300.0)
+# Consecutive runs of one job whose worker died before the job is failed instead of resumed.
+JOB_MAX_DELIVERIES = env.int("JOB_MAX_DELIVERIES", default=10)
 CELERY_BEAT_SCHEDULE = {
     "sweep-stale-jobs": {
         "task": "training.tasks.sweep_stale_jobs",
