@@ -308,6 +308,14 @@ def prediction_create(
     return predictions
 
 
+def prediction_preview(data: bytes) -> bytes:
+    """A small PNG of a stored prediction image (see :func:`medml.images.preview_png`)."""
+    image = medml_images.decode_upload(data, max_pixels=settings.PREDICTION_MAX_PIXELS,
+                                       max_bytes=settings.PREDICTION_MAX_BYTES)
+    with image:
+        return medml_images.preview_png(image)
+
+
 def prediction_delete(*, prediction: Prediction) -> None:
     """Delete a prediction and, once that is committed, its stored image."""
     file_name = prediction.image.name

@@ -370,6 +370,18 @@ def exif_oriented(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
+def preview_png(image: Image.Image, max_side: int = 128) -> bytes:
+    """A PNG any browser shows: ``image`` upright, in 8-bit grey or RGB, at most ``max_side``
+    pixels on its longer side (never enlarged). For TIFF and deep images, which browsers cannot
+    show, and for large photos shown small."""
+    image, _ = _to_l_or_rgb(exif_oriented(image))
+    image = image.copy()
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _to_l_or_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     """8-bit ``"L"`` or ``"RGB"``; high bit depths are scaled, alpha is dropped."""
     note = None

@@ -6,7 +6,7 @@ import base64
 from pathlib import PurePath
 
 from django.core.exceptions import TooManyFilesSent
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, parsers, serializers, status, viewsets
@@ -16,6 +16,7 @@ from rest_framework.response import Response
 
 from classifier import selectors, services, services_predict
 from classifier.api.views import CheckedNameMultiPartParser
+from medml.images import ImageInputError
 
 # Plain serializers with declared fields, not ModelSerializers: these are built for every
 # prediction answered, and deriving fields from the models each time costs more than predicting.
@@ -188,6 +189,13 @@ def _filter_values(query_params) -> dict[str, str]:
             if name in _FILTERS and value != ""}
 
 
+def _boolean_param(request, name: str) -> bool:
+    value = request.query_params.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ValidationError({name: [f"must be true or false, got {value[:40]!r}"]})
+    return value in ("true", "1")
+
+
 _FILTER_PARAMETERS = [
     OpenApiParameter("model", {"type": "integer", "minimum": 1},
                      description="Only this model's predictions."),
@@ -265,15 +273,33 @@ class PredictionViewSet(
         services_predict.prediction_delete(prediction=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    @extend_schema(
+        parameters=[OpenApiParameter(
+            "preview", bool, description="`true`: a PNG of at most 128 pixels a side, shown "
+            "inline (TIFF and 16-bit images included), instead of the file as stored.")],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,
+                   (200, "image/png"): OpenApiTypes.BINARY},
+    )
     @action(detail=True, methods=["get"])
     def image(self, request, pk=None):
-        """The uploaded image as stored, as a download."""
+        """The uploaded image as stored, as a download; with ``?preview=true`` a small PNG."""
+        preview = _boolean_param(request, "preview")
         prediction = self.get_object()
         try:
             handle = prediction.image.open("rb")
         except FileNotFoundError as exc:
             raise NotFound("the image file is missing") from exc
+        if preview:
+            with handle:
+                try:
+                    png = services_predict.prediction_preview(handle.read())
+                except ImageInputError as exc:  # stored under larger limits than today's
+                    return Response({"detail": f"no preview of this image: {exc}"},
+                                    status=status.HTTP_409_CONFLICT)
+            response = HttpResponse(png, content_type="image/png")
+            response["X-Content-Type-Options"] = "nosniff"
+            response["Cache-Control"] = "private, max-age=3600"
+            return response
         # The stored extension, not the uploaded one: it matches the content type served.
         stem = PurePath(prediction.original_name).stem or f"prediction-{prediction.pk}"
         filename = stem + PurePath(prediction.image.name).suffix

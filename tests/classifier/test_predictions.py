@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 from PIL import Image
@@ -738,3 +739,26 @@ def test_predicted_indices_of_a_batch_are_those_of_its_rows(threshold, num_class
     probabilities[0] = 1 / num_classes  # a tie goes to the first class, as argmax does
     expected = [services_predict.predicted_index(row, threshold) for row in probabilities]
     assert services_predict.predicted_indices(probabilities, threshold).tolist() == expected
+
+
+def test_the_history_shows_a_small_png_of_any_upload_tiff_and_16_bit_included(client, model):
+    # Browsers cannot show TIFF: the history's thumbnails would be broken images. A 16-bit
+    # 300x200 TIFF comes back, with ?preview=true, as an 8-bit PNG of at most 128 pixels a side.
+    ramp = (np.arange(300 * 200, dtype=np.uint32).reshape(200, 300) % 65536).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(ramp).save(buffer, format="TIFF")
+    created = post(client, [upload("scan.tif", buffer.getvalue())], model=model.pk)
+    assert created.status_code == 201, created.content
+    image_url = f"{URL}{created.json()[0]['id']}/image/"
+
+    as_stored = client.get(image_url)
+    assert as_stored["Content-Type"] == "image/tiff"
+    preview = client.get(image_url, {"preview": "true"})
+    assert preview.status_code == 200 and preview["Content-Type"] == "image/png"
+    shown = Image.open(io.BytesIO(preview.content))
+    assert shown.format == "PNG" and shown.mode == "L" and shown.size == (128, 85)
+    assert client.get(image_url, {"preview": "yes please"}).status_code == 400
+
+    page = Client()
+    page.force_login(model.owner)
+    assert f'{image_url}?preview=true"' in page.get("/predictions/").content.decode()
