@@ -15,7 +15,7 @@ from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.response import Response
 
 from classifier import selectors, services, services_predict
-from classifier.api.views import CheckedNameMultiPartParser
+from classifier.api.views import CheckedNameMultiPartParser, UploadTooLarge, limit_upload_size
 from medml.images import ImageInputError
 
 # Plain serializers with declared fields, not ModelSerializers: these are built for every
@@ -215,6 +215,8 @@ class PredictionUploadParser(CheckedNameMultiPartParser):
     def parse(self, stream, media_type=None, parser_context=None):
         try:
             return super().parse(stream, media_type, parser_context)
+        except UploadTooLarge as exc:  # stopped while it streamed in (PREDICTION_MAX_BYTES)
+            raise ValidationError({"images": exc.detail["file"]}) from exc
         except ParseError as exc:
             if isinstance(exc.__cause__, TooManyFilesSent):
                 limit = services_predict.prediction_limits()["max_files"]
@@ -233,6 +235,11 @@ class PredictionViewSet(
     serializer_class = PredictionSerializer
     # Upload names are checked as sent (not silently cleaned), with JSON reasons for limits.
     parser_classes = [PredictionUploadParser, parsers.FormParser]
+
+    def initialize_request(self, request, *args, **kwargs):
+        # A file past the size limit is stopped as it streams in, not spooled to disk first.
+        limit_upload_size(request, services_predict.prediction_limits()["max_bytes"], per_file=True)
+        return super().initialize_request(request, *args, **kwargs)
 
     def get_queryset(self):
         if self.action != "list":

@@ -59,17 +59,24 @@ class UploadLimitHandler(FileUploadHandler):
     the reverse proxy's body limit bounds how long that takes.
     """
 
-    def __init__(self, request=None, *, limit: int):
+    def __init__(self, request=None, *, limit: int, per_file: bool = False):
         super().__init__(request)
         self.limit = limit
+        self.per_file = per_file  # the limit of each file rather than of all together
         self.received = 0
         self.refusal = ""
+
+    def new_file(self, *args, **kwargs):
+        super().new_file(*args, **kwargs)
+        if self.per_file:
+            self.received = 0
 
     def receive_data_chunk(self, raw_data, start):
         self.received += len(raw_data)
         if self.received > self.limit:
+            each = " each file may have" if self.per_file else ""
             self.refusal = (f"the file {self.file_name!r} is larger than the limit of "
-                            f"{self.limit} bytes; nothing was stored")
+                            f"{self.limit} bytes{each}; nothing was stored")
             raise StopUpload(connection_reset=False)
         return raw_data
 
@@ -77,12 +84,13 @@ class UploadLimitHandler(FileUploadHandler):
         return None  # the next handler builds the uploaded file
 
 
-def limit_upload_size(request, limit: int) -> None:
-    """Make the multipart parsing of ``request`` stop, with a 413, past ``limit`` bytes of files.
+def limit_upload_size(request, limit: int, *, per_file: bool = False) -> None:
+    """Make the multipart parsing of ``request`` stop, with a 413, past ``limit`` bytes of files
+    (of any one file, with ``per_file``).
 
     Call it before the body is read (in ``initialize_request``); the parser below checks it.
     """
-    request.upload_handlers.insert(0, UploadLimitHandler(request, limit=limit))
+    request.upload_handlers.insert(0, UploadLimitHandler(request, limit=limit, per_file=per_file))
 
 
 def upload_refusal(request) -> str:

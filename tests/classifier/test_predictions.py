@@ -406,8 +406,30 @@ def test_a_file_over_the_size_limit_is_refused(client, model, media_root, settin
     noisy = png(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8), "big.png")
     response = post(client, [noisy], model=model.pk)
     assert response.status_code == 400
-    assert "the limit is 1000" in response.json()["images"][0]
+    assert "'big.png' is larger than the limit of 1000 bytes" in response.json()["images"][0]
     assert Prediction.objects.count() == 0 and stored_uploads(media_root) == []
+
+
+def test_a_file_over_the_size_limit_is_stopped_before_it_reaches_the_disk(
+        client, model, media_root, settings, spooled_uploads):
+    temp_dir, spooled = spooled_uploads
+    settings.PREDICTION_MAX_BYTES = 64 * 1024
+    small = good_png()
+    huge = upload("huge.png", small.getvalue() + b"\0" * (2 * 1024 * 1024))
+
+    response = post(client, [good_png(), huge], model=model.pk)
+
+    assert response.status_code == 400
+    assert "'huge.png' is larger than the limit of 65536 bytes" in response.json()["images"][0]
+    # The limit is per file: the first file passes whole, the second stops at the limit.
+    assert sum(spooled) <= 2 * settings.PREDICTION_MAX_BYTES
+    assert list(temp_dir.iterdir()) == []
+    assert Prediction.objects.count() == 0 and stored_uploads(media_root) == []
+
+
+def test_files_each_under_the_size_limit_pass_whatever_their_total(client, model, settings):
+    settings.PREDICTION_MAX_BYTES = len(good_png().getvalue())
+    assert post(client, [good_png(), good_png(), good_png()], model=model.pk).status_code == 201
 
 
 def test_more_files_than_django_takes_are_refused_with_this_endpoints_limit(
