@@ -123,7 +123,8 @@ class TrainConfig:
             (:attr:`early_stopping_from`), so it is never cut short before it.
         monitor: Validation metric that picks the best epoch (and drives early stopping).
         two_phase: Train ``phase1_epochs`` epochs without augmentation, then the remaining
-            epochs with it (the report's "train, then retrain with augmentation").
+            epochs with it (the report's "train, then retrain with augmentation"). The model
+            kept is the best epoch of phase 2, so it is always one retrained with augmentation.
         phase1_epochs: Length of phase 1, ``1 <= phase1_epochs < epochs`` when ``two_phase``.
         clean_final_epochs: The last this many epochs train on the images as they are, without
             the random transforms: batch normalization's statistics and the last weights then
@@ -232,6 +233,11 @@ class TrainConfig:
     @property
     def uses_featurewise_normalization(self) -> bool:
         return self.augmentation.enabled and self.augmentation.featurewise_normalization
+
+    @property
+    def best_epoch_from(self) -> int:
+        """First epoch (1-based) that may be kept as the best model: phase 2's in a two-phase run."""
+        return self.phase1_epochs + 1 if self.two_phase else 1
 
     @property
     def early_stopping_from(self) -> int:

@@ -327,7 +327,9 @@ def train(
         state.history.append(entry)
         state.epochs_completed = epoch
         value = entry[config.monitor]
-        if state.best_epoch == 0 or _is_improvement(value, state.best_metric, config.monitor_mode):
+        # A two-phase run keeps a phase-2 epoch: its first one replaces phase 1's best.
+        if state.best_epoch < config.best_epoch_from or _is_improvement(
+                value, state.best_metric, config.monitor_mode):
             improved = True
             state.best_epoch, state.best_metric = epoch, value
             best_val_probs = val_probs

@@ -444,6 +444,32 @@ def test_two_phase_training_augments_only_in_phase_2(tmp_path):
     assert "featurewise_normalization" in [layer.name for layer in best.layers]
 
 
+def test_a_two_phase_run_keeps_a_phase_2_epoch_even_when_phase_1_scored_better(
+        tmp_path, monkeypatch):
+    # The report's "77%" model is the one retrained with augmentation: a phase-1 epoch that
+    # happened to score better on validation must not be what the run registers.
+    data = synthetic_data(train_counts=(12, 10, 8))
+    truth = data.labels("val")
+    calls = []
+
+    def scripted(model, images, **kwargs):  # right in phase 1, wrong in phase 2
+        calls.append(len(images))
+        right = len(calls) <= 2
+        classes = truth if right else (truth + 1) % 3
+        return np.eye(3, dtype=np.float32)[classes] * 0.9 + 0.1 / 3
+
+    monkeypatch.setattr(fit_module, "predict_proba", scripted)
+    two_phase = config(epochs=4, two_phase=True, phase1_epochs=2,
+                       augmentation={"enabled": True, "horizontal_flip": True})
+
+    result = train(config=two_phase, data=data, workdir=tmp_path, hooks=RecordingHooks(),
+                   evaluate_test=False)
+
+    assert [entry["val_accuracy"] for entry in result.history] == [1.0, 1.0, 0.0, 0.0]
+    assert result.best_epoch == 3
+    assert result.history[result.best_epoch - 1]["augmented"]
+
+
 @pytest.mark.slow
 def test_a_run_whose_outputs_are_never_finite_fails_with_the_reason(tmp_path, monkeypatch):
     def diverged(model, images, **kwargs):
@@ -503,11 +529,13 @@ def test_early_stopping_waits_for_phase_2_of_a_two_phase_run(tmp_path):
     result = train(config=stalled, data=synthetic_data(), workdir=tmp_path, hooks=hooks,
                    evaluate_test=False)
 
-    assert [entry["augmented"] for entry in result.history] == [False, False, True]
+    # Phase 2's first epoch is the run's best from then on (a two-phase run keeps a phase-2
+    # model), and patience counts from it.
+    assert [entry["augmented"] for entry in result.history] == [False, False, True, True]
     assert result.stopped_early
-    assert result.best_epoch == 1
-    assert hooks.logged("Early stopping after epoch 3: val_accuracy has not improved for 1 "
-                        "epoch(s) since epoch 2.")
+    assert result.best_epoch == 3
+    assert hooks.logged("Early stopping after epoch 4: val_accuracy has not improved for 1 "
+                        "epoch(s) since epoch 3.")
 
 
 @pytest.mark.slow
