@@ -264,13 +264,22 @@ class ModelAlias(models.Model):
 
 
 class ModelAliasChange(models.Model):
-    """One audit entry: who pointed an alias from which model to which, when and why."""
+    """One audit entry: who pointed an alias from which model to which, when and why.
+
+    A removal names the model the alias pointed at as ``from_version`` and no ``to_version``;
+    the alias row goes, its entries stay (``alias`` becomes empty, ``alias_name`` keeps the name).
+    """
 
     class Action(models.TextChoices):
         PROMOTE = "promote", "Promote"
         ROLLBACK = "rollback", "Roll back"
+        REMOVE = "remove", "Remove"
 
-    alias = models.ForeignKey(ModelAlias, on_delete=models.PROTECT, related_name="changes")
+    alias = models.ForeignKey(
+        ModelAlias, null=True, blank=True, on_delete=models.SET_NULL, related_name="changes",
+        help_text="Empty once the alias was removed; a later promotion starts a new alias.",
+    )
+    alias_name = models.SlugField(max_length=40)
     dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
     action = models.CharField(max_length=10, choices=Action.choices)
     from_version = models.ForeignKey(
@@ -290,4 +299,4 @@ class ModelAliasChange(models.Model):
         ordering = ["-created_at", "-pk"]
 
     def __str__(self) -> str:
-        return f"{self.alias.name}: {self.from_version} → {self.to_version} ({self.action})"
+        return f"{self.alias_name}: {self.from_version} → {self.to_version} ({self.action})"

@@ -12,7 +12,7 @@ import itertools
 import statistics
 from pathlib import Path
 
-from django.db.models import Prefetch
+from django.db.models import OuterRef, Prefetch, Subquery
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 
@@ -103,9 +103,26 @@ def dataset_aliases(*, dataset: Dataset):
 
 
 def alias_changes(*, dataset: Dataset, limit: int = 50):
-    """The dataset's alias audit trail, newest first."""
+    """The dataset's alias audit trail, newest first (removed aliases' entries included)."""
     return (ModelAliasChange.objects.filter(dataset=dataset)
-            .select_related("alias", "from_version", "to_version", "user")[:limit])
+            .select_related("from_version", "to_version", "user")[:limit])
+
+
+def removed_aliases(*, dataset: Dataset):
+    """The removal entries of the dataset's aliases that were removed and not set again."""
+    latest = (ModelAliasChange.objects.filter(dataset=dataset, alias_name=OuterRef("alias_name"))
+              .order_by("-created_at", "-pk").values("pk")[:1])
+    return (ModelAliasChange.objects
+            .filter(dataset=dataset, action=ModelAliasChange.Action.REMOVE, pk=Subquery(latest))
+            .exclude(alias_name__in=ModelAlias.objects.filter(dataset=dataset).values("name"))
+            .select_related("from_version", "to_version", "user").order_by("alias_name"))
+
+
+def alias_removal(*, dataset: Dataset, alias: str) -> ModelAliasChange | None:
+    """The audit entry of the removal of ``alias``, when that is the alias's latest change."""
+    latest = (ModelAliasChange.objects.filter(dataset=dataset, alias_name=alias)
+              .select_related("from_version", "user").order_by("-created_at", "-pk").first())
+    return latest if latest and latest.action == ModelAliasChange.Action.REMOVE else None
 
 
 def alias_stack(*, alias: ModelAlias) -> list[int | None]:

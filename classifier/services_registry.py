@@ -2,7 +2,7 @@
 
 Aliases ("production", ...) are global per dataset and only staff may change them: a dataset's
 production model is what every user of the dataset is served, so choosing it is an operator's
-decision, not a model owner's. Every change, promotion or rollback, writes one
+decision, not a model owner's. Every change, promotion, rollback or removal, writes one
 :class:`~classifier.models.ModelAliasChange` in the same transaction.
 
 Evaluation runs the model over a whole split in this process (batch inference through
@@ -51,7 +51,11 @@ class RegistryPermissionError(Exception):
 
 
 class AliasError(Exception):
-    """A promotion or rollback that cannot be made; the message says why, for the user."""
+    """A promotion, rollback or removal that cannot be made; the message says why, for the user."""
+
+
+class AliasNotFoundError(AliasError):
+    """The dataset has no alias of that name (never had one, or it was removed)."""
 
 
 class EvaluationError(Exception):
@@ -352,7 +356,8 @@ def model_alias_promote(
             current.model_version = model_version
             current.save(update_fields=["model_version", "updated_at"])
         ModelAliasChange.objects.create(
-            alias=current, dataset=dataset, action=ModelAliasChange.Action.PROMOTE,
+            alias=current, alias_name=alias, dataset=dataset,
+            action=ModelAliasChange.Action.PROMOTE,
             from_version=previous, to_version=model_version, user=user, reason=reason,
         )
     logger.info("%s promoted %s to %s of %s", user, model_version, alias, dataset)
@@ -363,19 +368,23 @@ def model_alias_rollback(*, dataset, alias: str, user, reason: str) -> ModelAlia
     """Point ``alias`` back at the model it named before its latest promotion still in force.
 
     The audit trail is read as a stack: a promotion pushes its model, a rollback pops one. So
-    after promoting A, then B, then C, two rollbacks lead to B and then A.
+    after promoting A, then B, then C, two rollbacks lead to B and then A. A removed alias has
+    no history to go back through: rolling it back is refused, and a promotion after the
+    removal starts the alias anew, so it cannot be rolled back to a model named before it.
 
     Raises:
         RegistryPermissionError: for a user who is not staff.
-        AliasError: when the alias does not exist, has nothing to go back to, the earlier
-            model was deleted, or it is private and the dataset public; or for an empty reason.
+        AliasNotFoundError: when the alias does not exist (the message says when it was
+            removed, and from which model, if it was).
+        AliasError: when the alias has nothing to go back to, the earlier model was deleted,
+            or it is private and the dataset public; or for an empty reason.
     """
     _require_staff(user)
     reason = _clean_reason(reason)
     with transaction.atomic():
         current = ModelAlias.objects.select_for_update().filter(dataset=dataset, name=alias).first()
         if current is None:
-            raise AliasError(f"{dataset} has no alias '{alias}'")
+            raise AliasNotFoundError(_missing_alias(dataset, alias))
         stack = selectors_registry.alias_stack(alias=current)
         if len(stack) < 2:
             raise AliasError(f"{alias} of {dataset} has no earlier model to roll back to")
@@ -388,11 +397,59 @@ def model_alias_rollback(*, dataset, alias: str, user, reason: str) -> ModelAlia
         current.model_version = target
         current.save(update_fields=["model_version", "updated_at"])
         ModelAliasChange.objects.create(
-            alias=current, dataset=dataset, action=ModelAliasChange.Action.ROLLBACK,
+            alias=current, alias_name=alias, dataset=dataset,
+            action=ModelAliasChange.Action.ROLLBACK,
             from_version=previous, to_version=target, user=user, reason=reason,
         )
     logger.info("%s rolled %s of %s back to %s", user, alias, dataset, target)
     return current
+
+
+def _missing_alias(dataset, alias: str) -> str:
+    """Why ``alias`` of ``dataset`` cannot be changed: it does not exist, or was removed."""
+    removal = selectors_registry.alias_removal(dataset=dataset, alias=alias)
+    if removal is None:
+        return f"{dataset} has no alias '{alias}'"
+    named = f" from {removal.from_version}" if removal.from_version else ""
+    by = f" by {removal.user.username}" if removal.user else ""
+    return (f"{dataset} has no alias '{alias}': it was removed{named} on "
+            f"{removal.created_at:%Y-%m-%d %H:%M} UTC{by}; promote a model to set it again")
+
+
+def model_alias_remove(*, dataset, alias: str, user, reason: str) -> ModelAliasChange:
+    """Remove ``alias`` of ``dataset``, with an audit entry naming the model it pointed at.
+
+    The dataset's users are then served its default again: for ``production``, the model
+    with the best validation accuracy they may see (:func:`classifier.selectors.default_model_for`).
+    Nothing cached has to be dropped for that: the alias is read on every request, and the
+    serving cache (``selectors.serving_models``) holds model and dataset rows, which a change
+    of alias leaves as they are. The model itself stays, and can be deleted once nothing else
+    relies on it. The alias's audit entries stay too, with its name; a later promotion starts
+    a new alias, whose rollbacks never go back past the removal.
+
+    Returns:
+        The audit entry of the removal (``from_version``: the model the alias named).
+
+    Raises:
+        RegistryPermissionError: for a user who is not staff.
+        AliasNotFoundError: when the dataset has no such alias; nothing is changed.
+        AliasError: for an empty reason.
+    """
+    _require_staff(user)
+    reason = _clean_reason(reason)
+    with transaction.atomic():
+        current = ModelAlias.objects.select_for_update().filter(dataset=dataset, name=alias).first()
+        if current is None:
+            raise AliasNotFoundError(_missing_alias(dataset, alias))
+        change = ModelAliasChange.objects.create(
+            alias=current, alias_name=alias, dataset=dataset,
+            action=ModelAliasChange.Action.REMOVE, from_version=current.model_version,
+            to_version=None, user=user, reason=reason,
+        )
+        current.delete()  # its audit entries stay, the new one included (``alias`` emptied)
+        change.alias = None
+    logger.info("%s removed %s of %s (was %s)", user, alias, dataset, change.from_version)
+    return change
 
 
 # --- Export --------------------------------------------------------------------------------------
@@ -517,7 +574,8 @@ def model_version_delete(*, model_version: ModelVersion) -> None:
         if aliases:
             named = ", ".join(f"'{alias.name}' of {alias.dataset}" for alias in aliases)
             raise ModelDeleteError(
-                f"{locked} is the {named}; promote another model or roll the alias back first"
+                f"{locked} is the {named}; promote another model, roll the alias back or "
+                "remove it first"
             )
         others = locked.predictions.exclude(owner_id=locked.owner_id).count()
         if others:

@@ -12,4 +12,6 @@ urlpatterns = [
     path("models/<int:pk>/delete/", views_registry.model_delete, name="model-delete"),
     path("datasets/<int:pk>/aliases/<slug:alias>/rollback/", views_registry.alias_rollback,
          name="alias-rollback"),
+    path("datasets/<int:pk>/aliases/<slug:alias>/remove/", views_registry.alias_remove,
+         name="alias-remove"),
 ]

@@ -108,6 +108,7 @@ def model_detail(request, pk: int):
         "binary": model.dataset.num_classes == 2,
         "has_test_predictions": selectors_registry.model_evaluation(model_version=model) is not None,
         "aliases": selectors_registry.dataset_aliases(dataset=model.dataset),
+        "removed_aliases": selectors_registry.removed_aliases(dataset=model.dataset),
         # Aliases may name other users' private models: those are shown unnamed.
         "visible_ids": set(selectors.model_versions_visible_to(user=request.user)
                            .filter(dataset=model.dataset_id).values_list("pk", flat=True)),
@@ -205,6 +206,27 @@ def alias_rollback(request, pk: int, alias: str):
         return redirect("model-detail", back) if back else redirect("model-list")
     messages.success(request, f"{alias} of {dataset} is back to {result.model_version}.")
     return redirect("model-detail", result.model_version_id)
+
+
+@require_POST
+@login_required
+def alias_remove(request, pk: int, alias: str):
+    dataset = selectors.dataset_get_for_user(user=request.user, pk=pk)
+    back = selectors.parse_id(request.POST.get("model", ""))
+    try:
+        change = services_registry.model_alias_remove(
+            dataset=dataset, alias=alias, user=request.user, reason=request.POST.get("reason", "")
+        )
+    except services_registry.RegistryPermissionError as exc:
+        raise PermissionDenied(str(exc)) from exc
+    except services_registry.AliasError as exc:
+        messages.error(request, str(exc))
+    else:
+        was = f" (it named {change.from_version})" if change.from_version else ""
+        served = ("; its users are served the model with the best validation accuracy again"
+                  if alias == selectors_registry.DEFAULT_ALIAS else "")
+        messages.success(request, f"Removed {alias} of {dataset}{was}{served}.")
+    return redirect("model-detail", back) if back else redirect("model-list")
 
 
 def _manageable(request, pk: int):

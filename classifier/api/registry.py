@@ -1,4 +1,5 @@
-"""REST endpoints of the model registry: compare, promote and roll back, model cards, exports.
+"""REST endpoints of the model registry: compare, promote, roll back and remove aliases, model
+cards, exports.
 
 Included in ``/api/v1/`` before the router, so ``models/compare/`` is not read as a model id.
 """
@@ -51,7 +52,7 @@ def _shown(serializer, model_id: int) -> bool:
 
 
 class AliasChangeSerializer(serializers.ModelSerializer):
-    alias = serializers.CharField(source="alias.name")
+    alias = serializers.CharField(source="alias_name")
     user = serializers.CharField(source="user.username", default=None)
     from_version = serializers.SerializerMethodField()
     to_version = serializers.SerializerMethodField()
@@ -100,6 +101,10 @@ class PromoteSerializer(serializers.Serializer):
 
 class RollbackSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
+
+
+class AliasRemoveSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000, help_text="Kept in the audit trail.")
 
 
 class EvaluateSerializer(serializers.Serializer):
@@ -221,7 +226,8 @@ class ModelPromoteView(APIView):
 
 
 class DatasetAliasListView(APIView):
-    """A dataset's aliases and its audit trail of alias changes, newest first."""
+    """A dataset's aliases, those removed (each as its removal's audit entry) and its audit
+    trail of alias changes (``promote``, ``rollback``, ``remove``), newest first."""
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request, pk):
@@ -238,7 +244,12 @@ class DatasetAliasListView(APIView):
         changes = AliasChangeSerializer(
             selectors_registry.alias_changes(dataset=dataset), many=True, context=context
         ).data
-        return Response({"dataset": dataset.pk, "aliases": aliases, "changes": changes})
+        # Aliases removed and not set again, each as its removal's audit entry.
+        removed = AliasChangeSerializer(
+            selectors_registry.removed_aliases(dataset=dataset), many=True, context=context
+        ).data
+        return Response({"dataset": dataset.pk, "aliases": aliases, "removed": removed,
+                         "changes": changes})
 
 
 class AliasRollbackView(APIView):
@@ -246,7 +257,8 @@ class AliasRollbackView(APIView):
 
     @extend_schema(request=RollbackSerializer, responses={
         200: AliasSerializer, 403: OpenApiResponse(description="Not staff"),
-        409: OpenApiResponse(description="Nothing to roll back to"),
+        409: OpenApiResponse(description="Nothing to roll back to, or no such alias (never "
+                                         "set, or removed: promote a model to set it again)"),
     })
     def post(self, request, pk, alias):
         dataset = selectors.dataset_get_for_user(user=request.user, pk=pk)
@@ -262,6 +274,36 @@ class AliasRollbackView(APIView):
         except services_registry.AliasError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(AliasSerializer(result).data)
+
+
+class AliasRemoveView(APIView):
+    """Remove the alias, so the dataset's users are served its default model again (for
+    ``production``: the best by validation accuracy they may see). Staff only.
+
+    Answers the removal's audit entry, whose ``from_version`` is the model the alias named. The
+    model stays, and can be deleted once nothing else relies on it. A removed alias cannot be
+    rolled back; promoting a model sets it again, with no rollback past the removal.
+    """
+
+    @extend_schema(request=AliasRemoveSerializer, responses={
+        200: AliasChangeSerializer, 403: OpenApiResponse(description="Not staff"),
+        404: OpenApiResponse(description="No such dataset visible to you, or the dataset has "
+                                         "no such alias (never had, or it was removed)"),
+    })
+    def post(self, request, pk, alias):
+        dataset = selectors.dataset_get_for_user(user=request.user, pk=pk)
+        form = AliasRemoveSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            change = services_registry.model_alias_remove(
+                dataset=dataset, alias=alias, user=request.user,
+                reason=form.validated_data["reason"],
+            )
+        except services_registry.RegistryPermissionError as exc:
+            raise PermissionDenied(str(exc)) from exc
+        except services_registry.AliasNotFoundError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_404_NOT_FOUND)
+        return Response(AliasChangeSerializer(change).data)
 
 
 class ModelCardView(APIView):
@@ -384,4 +426,6 @@ urlpatterns = [
     path("datasets/<int:pk>/aliases/", DatasetAliasListView.as_view(), name="dataset-aliases-api"),
     path("datasets/<int:pk>/aliases/<slug:alias>/rollback/", AliasRollbackView.as_view(),
          name="alias-rollback-api"),
+    path("datasets/<int:pk>/aliases/<slug:alias>/remove/", AliasRemoveView.as_view(),
+         name="alias-remove-api"),
 ]

@@ -35,7 +35,14 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from classifier.models import Dataset, ModelAlias, ModelVersion, Prediction, Visibility
+from classifier.models import (
+    Dataset,
+    ModelAlias,
+    ModelAliasChange,
+    ModelVersion,
+    Prediction,
+    Visibility,
+)
 from tests.factories import DatasetFactory, ModelVersionFactory, UserFactory, png_bytes
 from training.models import InferenceJob, TrainingJob
 
@@ -163,6 +170,10 @@ def alias_count(world):
     return ModelAlias.objects.count()
 
 
+def aliases_and_trail(world):
+    return ModelAlias.objects.count(), ModelAliasChange.objects.count()
+
+
 DATASETS = {"shows": {A: ["alpha-dataset"], B: ["bravo-dataset"],
                       STAFF: ["alpha-dataset", "bravo-dataset"]},
             "hides": {A: ["bravo-dataset"], B: ["alpha-dataset"]}}
@@ -248,6 +259,14 @@ MATRIX: dict[str, list[Probe]] = {
         Probe("post", "/datasets/{a_dataset}/aliases/production/rollback/",
               {ANON: LOGIN, A: 403, B: 404, STAFF: 302}, data={"reason": "probe"},
               unchanged=alias_count),
+    ],
+    # Staff are told (a message) that the dataset has no such alias.
+    "datasets/<int:pk>/aliases/<slug:alias>/remove/": [
+        Probe("post", "/datasets/{a_dataset}/aliases/production/remove/",
+              {ANON: LOGIN, A: 403, B: 404, STAFF: 302}, data={"reason": "probe"},
+              unchanged=aliases_and_trail),
+        Probe("post", "/datasets/{public_dataset}/aliases/production/remove/",
+              {A: 403, B: 403}, data={"reason": "probe"}, unchanged=aliases_and_trail),
     ],
     "jobs/": [Probe("get", "/jobs/", PAGE_USERS, **JOBS)],
     "jobs/new/": [
@@ -355,6 +374,13 @@ MATRIX: dict[str, list[Probe]] = {
         Probe("post", "/api/v1/datasets/{a_dataset}/aliases/production/rollback/",
               {ANON: 401, A: 403, B: 404, STAFF: 409}, data={"reason": "probe"}, json=True,
               unchanged=alias_count),
+    ],
+    "api/v1/datasets/<int:pk>/aliases/<slug:alias>/remove/": [
+        Probe("post", "/api/v1/datasets/{a_dataset}/aliases/production/remove/",
+              {ANON: 401, A: 403, B: 404, STAFF: 404}, data={"reason": "probe"}, json=True,
+              unchanged=aliases_and_trail),
+        Probe("post", "/api/v1/datasets/{public_dataset}/aliases/production/remove/",
+              {A: 403, B: 403}, data={"reason": "probe"}, json=True, unchanged=aliases_and_trail),
     ],
     "api/v1/^datasets/$": [
         Probe("get", "/api/v1/datasets/", API_USERS, **DATASETS),
