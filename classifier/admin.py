@@ -334,11 +334,12 @@ class ModelAliasAdmin(_ReadOnlyAdmin):
 
 @admin.register(ModelAliasChange)
 class ModelAliasChangeAdmin(_ReadOnlyAdmin):
-    list_display = ["created_at", "dataset", "alias", "action", "from_version", "to_version",
-                    "user", "reason"]
+    # ``alias_name``, not the alias row: a removed alias's entries keep their name.
+    list_display = ["created_at", "dataset", "alias_name", "action", "from_version",
+                    "to_version", "user", "reason"]
     list_filter = ["action", "dataset", "created_at"]
-    search_fields = ["reason", "user__username", "alias__name"]
-    list_select_related = ["dataset", "alias", "from_version", "to_version", "user"]
+    search_fields = ["reason", "user__username", "alias_name"]
+    list_select_related = ["dataset", "from_version", "to_version", "user"]
 
 
 @admin.register(ModelEvaluation)

@@ -14,7 +14,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.test import Client
 
-from classifier import services
+from classifier import services, services_registry
 from classifier.models import Dataset, ModelEvaluation, ModelVersion, Prediction, Visibility
 from tests.factories import DatasetFactory, UserFactory, medmnist_arrays, npz_bytes
 from training.models import InferenceJob, TrainingJob
@@ -391,3 +391,20 @@ def test_the_reimport_action_names_a_builtin_whose_file_name_is_not_official(
         f"{builtin.name}: tiny-custom.npz is not an official MedMNIST file name."
     ]
     assert list(Dataset.objects.all()) == [builtin]
+
+
+def test_the_alias_audit_trail_names_and_finds_a_removed_alias(admin_client, owner, tmp_path):
+    staff = UserFactory(username="stella", staff=True)
+    dataset = DatasetFactory(owner=owner)
+    model = register(dataset, owner, tmp_path, name="m")
+    services_registry.model_alias_promote(model_version=model, user=staff, reason="best so far")
+    services_registry.model_alias_remove(dataset=dataset, alias="production", user=staff,
+                                         reason="withdrawn")
+
+    page = admin_client.get("/admin/classifier/modelaliaschange/", {"q": "production"})
+
+    assert page.status_code == 200
+    table = page.content.decode().split('id="result_list"')[1].split("</table>")[0]
+    rows = table.split("<tr")[2:]  # after the header row
+    assert len(rows) == 2  # the promotion and the removal, found by the alias's name
+    assert all("production" in row for row in rows)
