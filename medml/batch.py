@@ -73,13 +73,15 @@ def _labels(raw: np.ndarray, count: int, num_classes: int) -> np.ndarray:
 
 def read_npz(
     source: BinaryIO, *, shape: tuple[int, int, int], num_classes: int,
-    limits: dataset_io.ImportLimits | None = None,
+    limits: dataset_io.ImportLimits | None = None, progress: Progress | None = None,
 ) -> BatchInput:
     """The images (and labels) of an ``.npz``, checked before any array is loaded.
 
     ``limits`` (by default :class:`medml.dataset_io.ImportLimits`) bound the archive's members
     and declared bytes; each array's header must fit its member, so a forged shape cannot make
-    the loader allocate more memory than the file holds.
+    the loader allocate more memory than the file holds. The images' declared dtype and shape are
+    checked before their data is read. ``progress(read, total)`` is called as the images are
+    decompressed (every 256 KiB or so), ending with ``(total, total)``.
     """
     # np.load takes anything that is not a zip for a pickle or a bare .npy array: refuse it
     # here, so the message says what is wrong rather than something about pickles.
@@ -87,31 +89,80 @@ def read_npz(
         raise BatchInputError("not a valid .npz file (it is not a zip archive of arrays)")
     source.seek(0)
     try:
-        dataset_io.inspect_npz(source, limits or dataset_io.ImportLimits())
+        headers = dataset_io.inspect_npz(source, limits or dataset_io.ImportLimits())
     except dataset_io.DatasetFormatError as exc:
         raise BatchInputError(str(exc)) from exc
+    if "images" in headers:
+        images_key, labels_key = "images", "labels" if "labels" in headers else None
+    elif {"test_images", "test_labels"} <= headers.keys():
+        images_key, labels_key = "test_images", "test_labels"
+    else:
+        raise BatchInputError("the .npz needs an 'images' array (and optionally 'labels'), "
+                              "or the MedMNIST test_images/test_labels keys")
+    declared = headers[images_key]
+    # Refused from the header: a wrong dtype or shape is not worth decompressing first.
+    _check_shape(np.broadcast_to(np.zeros((), dtype=declared.dtype), declared.shape), shape,
+                 images_key)
     source.seek(0)
     try:
-        with np.load(source, allow_pickle=False) as npz:
-            keys = set(npz.files)
-            if "images" in keys:
-                imgs = _check_shape(npz["images"], shape, "images")
-                labels = _labels(npz["labels"], len(imgs), num_classes) if "labels" in keys else None
-            elif {"test_images", "test_labels"} <= keys:
-                imgs = _check_shape(npz["test_images"], shape, "test_images")
-                labels = _labels(npz["test_labels"], len(imgs), num_classes)
-            else:
-                raise BatchInputError("the .npz needs an 'images' array (and optionally 'labels'), "
-                                      "or the MedMNIST test_images/test_labels keys")
+        with zipfile.ZipFile(source) as archive:
+            imgs = _check_shape(_read_images(archive, images_key, declared, progress), shape,
+                                images_key)
+            labels = None
+            if labels_key:
+                with archive.open(f"{labels_key}.npy") as member:
+                    raw = np.lib.format.read_array(member, allow_pickle=False)
+                labels = _labels(raw, len(imgs), num_classes)
     except BatchInputError:
         raise
     except ValueError as exc:
         if "pickle" in str(exc).lower() or "object" in str(exc).lower():
             raise BatchInputError("object arrays are not allowed (pickled data)") from exc
         raise BatchInputError(f"not a valid .npz file ({exc})") from exc
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as exc:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError) as exc:
         raise BatchInputError(f"not a valid .npz file ({exc})") from exc
+    if progress:
+        progress(len(imgs), len(imgs))
     return BatchInput(images=imgs, names=[str(i) for i in range(len(imgs))], labels=labels)
+
+
+class _CountingReader:
+    """A member's ``read``, calling ``on_read(bytes read so far)`` after each call. Not a real
+    file, so numpy reads an array from it in chunks of 256 KiB rather than all at once."""
+
+    def __init__(self, handle: BinaryIO, on_read: Callable[[int], None]):
+        self._handle = handle
+        self._on_read = on_read
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self.count += len(data)
+        self._on_read(self.count)
+        return data
+
+
+def _read_images(archive: zipfile.ZipFile, key: str, declared: dataset_io.NpyHeader,
+                 progress: Progress | None) -> np.ndarray:
+    """The ``key`` array of an ``.npz``, reporting the images read as it is decompressed."""
+    info = archive.getinfo(f"{key}.npy")
+    count = declared.shape[0] if declared.shape else 0
+    row_bytes = declared.declared_bytes // count if count else 0
+    # The member holds its header, then the data.
+    header_bytes = info.file_size - declared.declared_bytes
+    reported = 0
+
+    def on_read(read_bytes: int) -> None:
+        nonlocal reported
+        rows = min(max(read_bytes - header_bytes, 0) // row_bytes, count) if row_bytes else 0
+        if rows > reported and rows < count:  # the last call comes once the array is checked
+            reported = rows
+            progress(rows, count)
+
+    with archive.open(info) as member:
+        if progress is None:
+            return np.lib.format.read_array(member, allow_pickle=False)
+        return np.lib.format.read_array(_CountingReader(member, on_read), allow_pickle=False)
 
 
 def read_zip(

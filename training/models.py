@@ -118,6 +118,13 @@ class InferenceJob(models.Model):
         DATASET = "dataset", "Dataset split"
         UPLOAD = "upload", "Uploaded file"
 
+    class Phase(models.TextChoices):
+        """The step a running job is in (kept when it fails: where it stopped)."""
+
+        READING = "reading", "Reading images"
+        PREDICTING = "predicting", "Classifying"
+        WRITING = "writing", "Writing results"
+
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="inference_jobs"
     )
@@ -136,9 +143,12 @@ class InferenceJob(models.Model):
         max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True
     )
     total = models.PositiveIntegerField(default=0)
-    done = models.PositiveIntegerField(default=0)
+    phase = models.CharField(max_length=12, choices=Phase.choices, blank=True)
+    read = models.PositiveIntegerField(default=0, help_text="Images read from the input so far.")
+    done = models.PositiveIntegerField(default=0, help_text="Images classified so far.")
     claim_token = models.CharField(max_length=32, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    deliveries = models.PositiveIntegerField(default=0, help_text="Times a worker claimed it.")
     worker_host = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -171,9 +181,13 @@ class InferenceJob(models.Model):
 
     @property
     def progress(self) -> float:
+        """Overall fraction done, 0..1: reading the images fills the first half, classifying
+        them the second (a large zip takes a while to decode before any image is classified)."""
         if self.status == self.Status.SUCCEEDED:
             return 1.0
-        return self.done / self.total if self.total else 0.0
+        if not self.total:
+            return 0.0
+        return min(self.read + self.done, 2 * self.total) / (2 * self.total)
 
     @property
     def input_description(self) -> str:

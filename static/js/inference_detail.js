@@ -5,13 +5,31 @@
   if (!root) return;
   const $ = (id) => document.getElementById(id);
   const LABELS = { queued: "Queued", running: "Running", succeeded: "Succeeded", failed: "Failed", cancelled: "Cancelled" };
+  // What a running job is doing: reading the images fills the first half of the bar, classifying
+  // them the second.
+  const PHASES = {
+    reading: (job) => "Reading images: " + job.read + " of " + job.total,
+    predicting: (job) => "Classifying: " + job.done + " of " + job.total,
+    writing: () => "Writing the results",
+  };
+
+  function phaseText(job) {
+    if (job.status === "queued") return "Waiting for a worker";
+    if (job.status !== "running") return "";
+    const text = PHASES[job.phase];
+    return text ? text(job) : "";
+  }
 
   function render(job) {
     $("inf-status").textContent = LABELS[job.status] || job.status;
     $("inf-status").className = "status status-" + job.status;
     $("inf-done").textContent = job.done;
     $("inf-total").textContent = job.total;
+    const phase = phaseText(job);
+    $("inf-phase").textContent = phase;
+    $("inf-phase").hidden = !phase;
     const pct = Math.round(job.progress * 100);
+    $("inf-progress").setAttribute("aria-valuenow", pct);
     document.querySelector("#inf-progress .bar").style.width = pct + "%";
     document.querySelector("#inf-progress .label").textContent = pct + "%";
     $("inf-error").textContent = job.error || "";

@@ -144,6 +144,38 @@ def test_a_plain_npy_array_is_refused_as_not_an_npz():
         load_npz(buffer)
 
 
+def test_npz_progress_is_reported_as_the_images_are_decompressed():
+    images = random_images(600)  # 1.4 MB of pixels, decompressed 256 KiB at a time
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, images=images, labels=np.zeros(600, dtype=np.int64))
+    buffer.seek(0)
+    calls = []
+    batch = read_npz(buffer, shape=SHAPE, num_classes=3,
+                     progress=lambda done, total: calls.append((done, total)))
+
+    np.testing.assert_array_equal(batch.images, images)
+    assert len(calls) >= 4
+    assert calls[-1] == (600, 600)
+    assert {total for _, total in calls} == {600}
+    read = [done for done, _ in calls]
+    assert read == sorted(set(read)) and read[0] > 0
+
+
+def test_an_npz_in_fortran_order_is_read_as_written():
+    images = np.asfortranarray(random_images(3))
+    batch = read_npz(npz_file(images=images), shape=SHAPE, num_classes=3,
+                     progress=lambda done, total: None)
+    np.testing.assert_array_equal(batch.images, images)
+
+
+def test_npz_images_of_the_wrong_type_are_refused_before_their_data_is_read():
+    calls = []
+    with pytest.raises(BatchInputError, match="dtype float32; expected uint8"):
+        read_npz(npz_file(images=random_images(600).astype(np.float32)), shape=SHAPE,
+                 num_classes=3, progress=lambda done, total: calls.append(done))
+    assert calls == []
+
+
 # --- .zip ----------------------------------------------------------------------------------------
 
 

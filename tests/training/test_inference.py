@@ -498,8 +498,10 @@ def test_a_finished_job_is_deleted_with_its_input_and_results(
 
     with django_capture_on_commit_callbacks(execute=True):
         assert api.delete(f"{JOBS}{first}/").status_code == 204
+    kept = InferenceJob.objects.get(pk=second)
     assert sorted(n for n in stored_files(media_root) if n.startswith("inference/")) == [
-        f"inference/results/job-{second}.csv", f"inference/results/job-{second}.json"]
+        kept.results_csv.name, kept.results_json.name]
+    assert kept.results_csv.name.startswith(f"inference/results/job-{second}-")
 
     with django_capture_on_commit_callbacks(execute=True):
         response = browser_client.post(f"/inference/{second}/delete/")

@@ -18,7 +18,9 @@ from training.models import InferenceJob
 class InferenceJobSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
     model_name = serializers.CharField(source="model_version.__str__", read_only=True)
-    progress = serializers.FloatField(read_only=True)
+    progress = serializers.FloatField(
+        read_only=True, help_text="Fraction of the whole job done, 0..1: reading the images fills "
+                                  "the first half, classifying them the second.")
     input = serializers.CharField(source="input_description", read_only=True)
     results_csv_url = serializers.SerializerMethodField()
     results_json_url = serializers.SerializerMethodField()
@@ -28,7 +30,7 @@ class InferenceJobSerializer(serializers.ModelSerializer):
         fields = ["id", "owner", "model_version", "model_name", "source", "dataset", "split",
                   "input", "status", "total", "done", "progress", "created_at", "started_at",
                   "finished_at", "seconds", "error", "summary", "report", "results_csv_url",
-                  "results_json_url"]
+                  "results_json_url", "phase", "read", "deliveries"]
         read_only_fields = fields
 
     def _url(self, obj, kind) -> str | None:
