@@ -7,6 +7,7 @@ port to collide with or expose) and keeps nothing on disk.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import time
@@ -15,6 +16,10 @@ from pathlib import Path
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+# Longest Unix socket path (sun_path holds 108 bytes on Linux with its terminating NUL; 104 on
+# macOS and the BSDs, the limit kept here).
+MAX_SOCKET_PATH = 103
 
 
 def redis_server_binary() -> str:
@@ -54,6 +59,11 @@ class EmbeddedRedis:
         return f"redis+socket://{self.socket_path}"
 
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
+        if len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH:
+            raise RuntimeError(
+                f"Embedded Redis cannot listen on {self.socket_path}: a Unix socket path may "
+                f"have at most {MAX_SOCKET_PATH} bytes; set MEDPLATFORM_VAR_DIR to a shorter "
+                "folder")
         if is_running(self.socket_path):
             return self  # another platform process already serves this folder
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Tests of the management commands: import_dataset, ensure_admin and import_medmnist."""
+"""Tests of the management commands: import_dataset, ensure_admin, import_medmnist, unlock_login."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
 from classifier.models import Dataset, Visibility
-from tests.factories import TINY_CLASS_COUNTS, UserFactory, class_folder_zip, npz_bytes
+from tests.factories import (
+    TINY_CLASS_COUNTS,
+    UserFactory,
+    class_folder_zip,
+    medmnist_arrays,
+    npz_bytes,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -99,10 +105,68 @@ def test_import_dataset_fails_without_an_owner(tmp_path):
     path = tmp_path / "tiny.npz"
     path.write_bytes(npz_bytes())
 
-    with pytest.raises(CommandError, match="no owner"):
+    with pytest.raises(CommandError, match="no owner: pass --owner USERNAME"):
+        run("import_dataset", str(path))
+
+    assert not Dataset.objects.exists()
+
+
+def test_import_dataset_names_an_unknown_owner(tmp_path):
+    path = tmp_path / "tiny.npz"
+    path.write_bytes(npz_bytes())
+
+    with pytest.raises(CommandError, match="no user 'nobody'"):
         run("import_dataset", str(path), owner="nobody")
 
     assert not Dataset.objects.exists()
+
+
+def test_import_dataset_refuses_a_negative_seed_as_a_bad_argument(tmp_path):
+    UserFactory(username="carol")
+    path = tmp_path / "u.zip"
+    path.write_bytes(class_folder_zip())
+
+    with pytest.raises(CommandError, match="argument --seed: must be 0 or more, got -1"):
+        run("import_dataset", str(path), "--owner", "carol", "--seed", "-1")
+
+    assert not Dataset.objects.exists()
+
+
+def test_import_dataset_says_a_folder_is_not_a_file(tmp_path):
+    UserFactory(username="carol")
+
+    with pytest.raises(CommandError, match=r"is not a file: give a \.npz or \.zip file"):
+        run("import_dataset", str(tmp_path), owner="carol")
+
+
+def test_import_dataset_reports_an_unreadable_file_in_one_line(tmp_path, monkeypatch):
+    UserFactory(username="carol")
+    path = tmp_path / "tiny.npz"
+    path.write_bytes(npz_bytes())
+
+    def refused(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refused)
+    with pytest.raises(CommandError, match=r"cannot read .*tiny\.npz: Permission denied"):
+        run("import_dataset", str(path), owner="carol")
+
+
+def test_import_dataset_ctrl_c_exits_with_the_interrupted_status(tmp_path, monkeypatch):
+    from classifier import services
+
+    UserFactory(username="carol")
+    path = tmp_path / "tiny.npz"
+    path.write_bytes(npz_bytes())
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(services, "dataset_import", interrupted)
+    with pytest.raises(CommandError, match=r"interrupted: tiny\.npz was not imported") as raised:
+        run("import_dataset", str(path), owner="carol")
+
+    assert raised.value.returncode == 130
 
 
 # --- ensure_admin --------------------------------------------------------------------------------
@@ -154,6 +218,37 @@ def test_ensure_admin_leaves_an_existing_admin_alone(var_dir):
     assert str(password_file) in out
 
 
+def test_ensure_admin_refuses_plainly_when_the_username_belongs_to_a_non_admin(var_dir):
+    UserFactory(username="admin")
+
+    with pytest.raises(CommandError, match="a user 'admin' exists but is not an admin"):
+        run("ensure_admin")
+
+    assert not User.objects.filter(is_superuser=True).exists()
+    assert not (var_dir / "admin-password.txt").exists()
+
+
+def test_ensure_admin_refuses_an_empty_username_setting(var_dir, monkeypatch):
+    monkeypatch.setenv("DJANGO_SUPERUSER_USERNAME", " ")
+
+    with pytest.raises(CommandError, match="DJANGO_SUPERUSER_USERNAME is empty"):
+        run("ensure_admin")
+
+    assert not User.objects.exists()
+
+
+def test_ensure_admin_replaces_a_stale_password_file_with_a_private_one(var_dir):
+    password_file = var_dir / "admin-password.txt"
+    password_file.write_text("old\nsecret\n")
+    password_file.chmod(0o644)
+
+    run("ensure_admin")
+
+    username, password = password_file.read_text().splitlines()
+    assert User.objects.get(username=username).check_password(password)
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+
+
 def test_ensure_admin_takes_the_account_from_the_environment(var_dir, monkeypatch):
     monkeypatch.setenv("DJANGO_SUPERUSER_USERNAME", "ops")
     monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "correct horse battery")
@@ -184,16 +279,57 @@ def test_import_medmnist_imports_breastmnist_from_a_folder(settings):
     assert "BreastMNIST: already present" in again
 
 
-def test_import_medmnist_keeps_going_past_missing_files(settings, tmp_path):
+def test_import_medmnist_keeps_going_past_missing_files_and_fails_at_the_end(settings, tmp_path):
     settings.MEDMNIST_IMPORT = ["bloodmnist", "breastmnist"]
+    out, err = io.StringIO(), io.StringIO()
 
-    out, err = run("import_medmnist", all=True, folder=str(tmp_path), no_download=True,
-                   keep_going=True)
+    with pytest.raises(CommandError) as raised:
+        call_command("import_medmnist", all=True, folder=str(tmp_path), no_download=True,
+                     keep_going=True, stdout=out, stderr=err)
 
     assert not Dataset.objects.exists()
-    assert f"bloodmnist: not imported: bloodmnist.npz not found in {tmp_path}" in err
-    assert f"breastmnist: not imported: breastmnist.npz not found in {tmp_path}" in err
-    assert "2 dataset(s) not imported" in out
+    assert f"bloodmnist: not imported: bloodmnist.npz not found in {tmp_path}" in err.getvalue()
+    assert f"breastmnist: not imported: breastmnist.npz not found in {tmp_path}" in err.getvalue()
+    message = str(raised.value)
+    assert message.startswith("2 dataset(s) not imported (bloodmnist, breastmnist)")
+    assert f"Put the official .npz files in {tmp_path}" in message
+    assert raised.value.returncode == 1
+
+
+def test_import_medmnist_rerun_finds_a_dataset_imported_earlier_without_its_file(
+        published_checksums, tmp_path):
+    data = npz_bytes(medmnist_arrays())
+    published_checksums("bloodmnist.npz", data)
+    first, empty = tmp_path / "first", tmp_path / "empty"
+    first.mkdir()
+    empty.mkdir()
+    (first / "bloodmnist.npz").write_bytes(data)
+    out, _ = run("import_medmnist", "bloodmnist", folder=str(first))
+    assert "BloodMNIST: imported" in out
+
+    # Later, offline, with the file gone (it was downloaded, or the folder moved).
+    again, _ = run("import_medmnist", "bloodmnist", "BLOODMNIST", folder=str(empty),
+                   no_download=True)
+
+    assert again.count("BloodMNIST: already present") == 1
+    assert Dataset.objects.count() == 1
+
+
+def test_import_medmnist_refuses_unknown_datasets_naming_the_known_ones(tmp_path):
+    with pytest.raises(CommandError) as raised:
+        run("import_medmnist", "bloodmnist", "foomnist", "../../etc/x", folder=str(tmp_path),
+            no_download=True)
+
+    message = str(raised.value)
+    assert message.startswith("unknown MedMNIST datasets foomnist, ../../etc/x; choose from ")
+    assert "bloodmnist, breastmnist" in message
+    assert "organmnist3d" not in message  # 3D datasets are not importable
+    assert not Dataset.objects.exists()
+
+
+def test_import_medmnist_refuses_a_missing_folder(tmp_path):
+    with pytest.raises(CommandError, match=r"--folder .*nowhere is not a folder"):
+        run("import_medmnist", "bloodmnist", folder=str(tmp_path / "nowhere"))
 
 
 def test_import_medmnist_stops_at_the_first_failure_without_keep_going(tmp_path):
@@ -205,5 +341,29 @@ def test_import_medmnist_stops_at_the_first_failure_without_keep_going(tmp_path)
 
 
 def test_import_medmnist_needs_names_or_all():
-    with pytest.raises(CommandError, match="name the datasets to import, or pass --all"):
+    with pytest.raises(CommandError, match=r"name the datasets to import \(e.g. bloodmnist\), "
+                                           "or pass --all"):
         run("import_medmnist")
+
+
+# --- unlock_login --------------------------------------------------------------------------------
+
+
+def test_unlock_login_warns_when_no_web_server_can_see_the_unlock(settings):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+    out, err = run("unlock_login", "alice")
+
+    assert "Log-in unlocked for 'alice'" in out
+    assert "no shared cache was found" in err
+    assert "REDIS_URL" in err
+
+
+def test_unlock_login_knows_a_redis_cache_is_shared(settings):
+    from medplatform.management.commands.unlock_login import shares_a_cache
+
+    settings.CACHES = {"default": {"BACKEND": "medplatform.cache.RedisCache",
+                                   "LOCATION": "unix:///nowhere/redis.sock"}}
+    assert shares_a_cache()
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    assert not shares_a_cache()
