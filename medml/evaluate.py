@@ -10,10 +10,9 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import tensorflow as tf
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -22,6 +21,10 @@ from sklearn.metrics import (
     log_loss,
     roc_auc_score,
 )
+
+if TYPE_CHECKING:  # TensorFlow loads only when a model is run: the metrics need numpy alone
+    import keras
+    import tensorflow as tf
 
 # One compiled prediction function per (model, tta), dropped with the model.
 _PREDICT_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -54,6 +57,8 @@ def predict_proba(
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
     if len(images) == 0:
         return np.zeros((0, int(model.output.shape[-1])), dtype=np.float32)
+    import tensorflow as tf
+
     predict = _predict_function(model, tta)
     outputs = []
     for start in range(0, len(images), batch_size):
@@ -64,6 +69,8 @@ def predict_proba(
 
 
 def _predict_function(model: keras.Model, tta: bool) -> Callable[[tf.Tensor], tf.Tensor]:
+    import tensorflow as tf
+
     functions = _PREDICT_FUNCTIONS.setdefault(model, {})
     if tta not in functions:
         # A weak reference: the cache entry must not keep its own key (the model) alive.
