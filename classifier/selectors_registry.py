@@ -301,8 +301,9 @@ def _confusion(model: ModelVersion, class_names: list[str]) -> dict:
 
 
 def _mcnemar_matrix(models: list[ModelVersion], dataset: Dataset) -> dict:
-    """Pairwise McNemar tests on the test split, from the stored per-image predictions."""
-    from medml.stats import mcnemar
+    """Pairwise McNemar tests on the test split, from the stored per-image predictions; each
+    with ``p_holm``, its p-value adjusted (Holm) for the number of pairs tested."""
+    from medml.stats import holm_adjust, mcnemar
 
     evaluations = {
         e.model_version_id: e for e in ModelEvaluation.objects.filter(
@@ -319,6 +320,10 @@ def _mcnemar_matrix(models: list[ModelVersion], dataset: Dataset) -> dict:
                 matrix[i][j] = result
                 # From B's side the discordant counts swap; the test is symmetric.
                 matrix[j][i] = {**result, "b": result["c"], "c": result["b"]}
+        pairs = [(i, j) for i, j in itertools.combinations(range(len(models)), 2) if matrix[i][j]]
+        adjusted = holm_adjust([matrix[i][j]["p_value"] for i, j in pairs])
+        for (i, j), p_holm in zip(pairs, adjusted, strict=True):
+            matrix[i][j]["p_holm"] = matrix[j][i]["p_holm"] = p_holm
     return {"models": [str(m) for m in models], "ids": [m.pk for m in models],
             "matrix": matrix, "missing": missing}
 

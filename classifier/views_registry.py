@@ -159,7 +159,8 @@ def model_compare(request):
         ],
         "mcnemar_rows": [
             {"model": name,
-             "cells": [cell and {**cell, "p_text": _p_value(cell["p_value"])}
+             "cells": [cell and {**cell, "p_text": _p_value(cell["p_value"]),
+                                 "p_holm_text": _p_value(cell["p_holm"])}
                        for cell in comparison["mcnemar"]["matrix"][i]]}
             for i, name in enumerate(comparison["mcnemar"]["models"])
         ],

@@ -359,6 +359,22 @@ def mcnemar(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:
             "method": method}
 
 
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for testing them together, in the given order.
+
+    The smallest p-value is multiplied by the number of tests, the next by one less, and so on,
+    each kept at least as large as the one before and at most 1. An adjusted p-value below
+    ``alpha`` rejects its hypothesis with a family-wise error rate of at most ``alpha``.
+    """
+    count = len(p_values)
+    adjusted = [1.0] * count
+    running = 0.0
+    for rank, index in enumerate(sorted(range(count), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (count - rank) * float(p_values[index])))
+        adjusted[index] = running
+    return adjusted
+
+
 # --- Decision thresholds -----------------------------------------------------------------------
 
 

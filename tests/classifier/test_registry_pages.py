@@ -139,6 +139,31 @@ def test_a_mcnemar_p_value_too_small_for_four_decimals_is_not_shown_as_zero(owne
     assert "0.0000" not in table
 
 
+def test_with_three_models_each_mcnemar_p_value_also_shows_holms_adjustment(owner):
+    many = DatasetFactory(owner=owner, class_counts={"train": [2, 2], "val": [1, 1],
+                                                     "test": [10, 10]})
+    labels = selectors.dataset_arrays(dataset=many).labels("test").tolist()
+    # b / c of the pairs: right-half 6/0 and right-same 6/0 (p 0.03125 each), half-same 0/0
+    # (p 1). Holm: 3 x 0.03125, then max(2 x 0.03125, that), then 1.
+    right = _evaluated(many, "right", labels)
+    wrong = [1 - label for label in labels]
+    half = _evaluated(many, "half", labels[:14] + wrong[14:])
+    same = _evaluated(many, "same", labels[:14] + wrong[14:])
+
+    comparison = client_for(owner).get(
+        "/api/v1/models/compare/", {"dataset": many.pk, "models": f"{right.pk},{half.pk},{same.pk}"}
+    ).json()["mcnemar"]["matrix"]
+    assert comparison[0][1]["p_value"] == pytest.approx(0.03125)
+    assert [comparison[0][1]["p_holm"], comparison[0][2]["p_holm"], comparison[1][2]["p_holm"]] \
+        == pytest.approx([0.09375, 0.09375, 1.0])
+
+    html = client_for(owner).get(
+        "/models/compare/", {"models": f"{right.pk},{half.pk},{same.pk}"}).content.decode()
+    table = html[html.index('id="mcnemar-table"'):]
+    assert "0.0312</span> <span class=\"muted\">(6 / 0)</span> <span class=\"muted holm\"" in table
+    assert "Holm 0.0938" in table
+
+
 def test_one_model_gets_no_empty_mcnemar_table_but_a_word_on_what_it_needs(dataset, owner):
     model = _model(dataset)
     html = client_for(owner).get("/models/compare/", {"models": model.pk}).content.decode()

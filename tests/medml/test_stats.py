@@ -382,3 +382,13 @@ def test_sensitivity_and_specificity_of_a_class_without_images_are_undefined(lab
     assert report["at_threshold"]["sensitivity"] == 0.5
     assert report["at_threshold"]["specificity"] is None
     json.dumps(report, allow_nan=False)
+
+
+def test_holm_adjusts_p_values_step_down_in_their_given_order():
+    from medml.stats import holm_adjust
+
+    # Sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> kept non-decreasing: 0.06.
+    assert holm_adjust([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm_adjust([0.2]) == [0.2]
+    assert holm_adjust([]) == []
