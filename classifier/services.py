@@ -247,10 +247,13 @@ class _DownloadTooLarge(Exception):
     """A download past ``MEDMNIST_DOWNLOAD_MAX_BYTES``; turned into a DatasetImportError."""
 
 
-def _download_medmnist(flag: str, size: int, target: Path, timeout: float) -> None:
+def _download_medmnist(flag: str, size: int, target: Path, timeout: float,
+                       progress: Progress | None = None) -> None:
     """Fetch an official file from the address in the ``medmnist`` package's metadata.
 
     Reads at most ``MEDMNIST_DOWNLOAD_MAX_BYTES``; a larger answer is refused and nothing is kept.
+    ``progress(bytes_received, bytes_expected)`` is called as it arrives (expected 0 when the
+    server does not say).
     """
     info = dataset_io.medmnist_info(flag)
     if not info:
@@ -264,6 +267,7 @@ def _download_medmnist(flag: str, size: int, target: Path, timeout: float) -> No
             declared = getattr(response, "headers", {}).get("Content-Length")
             if declared and declared.isdigit() and int(declared) > limit:
                 raise _DownloadTooLarge(f"its Content-Length is {declared} bytes")
+            expected = int(declared) if declared and declared.isdigit() else 0
             hasher = hashlib.md5()  # noqa: S324 - the published checksum is MD5
             received = 0
             while chunk := response.read(1 << 20):
@@ -272,6 +276,8 @@ def _download_medmnist(flag: str, size: int, target: Path, timeout: float) -> No
                     raise _DownloadTooLarge(f"more than {limit} bytes arrived")
                 hasher.update(chunk)
                 out.write(chunk)
+                if progress is not None:
+                    progress(received, expected)
     except _DownloadTooLarge as exc:
         target.unlink(missing_ok=True)
         raise DatasetImportError(
@@ -291,12 +297,13 @@ def _download_medmnist(flag: str, size: int, target: Path, timeout: float) -> No
 
 def builtin_dataset_import(
     *, flag: str, size: int = 28, folder: str | Path | None = None, download: bool = True,
-    progress: Progress | None = None,
+    progress: Progress | None = None, download_progress: Progress | None = None,
 ) -> tuple[Dataset, bool]:
     """Import an official MedMNIST dataset as a built-in visible to every user.
 
     Looks in ``folder`` (``MEDMNIST_DIR``) first, then downloads when allowed. Returns the dataset
-    and whether it was created (an identical built-in already present is reused).
+    and whether it was created (an identical built-in already present is reused). ``progress``
+    follows the import (images), ``download_progress`` the download (bytes).
 
     Raises:
         DatasetImportError: when the file is not in ``folder`` and cannot be downloaded (or
@@ -312,7 +319,8 @@ def builtin_dataset_import(
             if not download:
                 raise DatasetImportError(f"{filename} not found in {folder}")
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory())) / filename
-            _download_medmnist(flag, size, tmp, settings.MEDMNIST_DOWNLOAD_TIMEOUT)
+            _download_medmnist(flag, size, tmp, settings.MEDMNIST_DOWNLOAD_TIMEOUT,
+                               progress=download_progress)
             local = tmp
         else:
             _check_published_md5(flag, size, local)

@@ -542,6 +542,23 @@ def test_it_imports_a_downloaded_file_whose_md5_matches(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # downloads go to a temporary folder
 
 
+def test_a_download_reports_its_progress_in_bytes(tmp_path, monkeypatch, published_checksums):
+    # About 2.5 MB of incompressible images: three 1 MiB reads.
+    official = npz_bytes(medmnist_arrays({"train": [400, 400], "val": [100, 100],
+                                          "test": [50, 50]}))
+    published_checksums("breastmnist.npz", official)
+    response = _Response(official, headers={"Content-Length": str(len(official))})
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: response)
+    reports = []
+
+    services.builtin_dataset_import(flag="breastmnist", folder=tmp_path,
+                                    download_progress=lambda done, total: reports.append((done, total)))
+
+    assert len(reports) == -(-len(official) // (1 << 20)) == 3
+    assert reports[-1] == (len(official), len(official))
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+
+
 def test_it_rejects_a_download_with_the_wrong_md5(tmp_path, media_root, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen",
                         lambda url, timeout=None: io.BytesIO(npz_bytes()))

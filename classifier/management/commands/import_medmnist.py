@@ -96,5 +96,18 @@ class Command(BaseCommand):
             existing = Dataset.objects.filter(is_builtin=True, source_detail=filename).first()
             if existing is not None:
                 return existing, False
-        return services.builtin_dataset_import(flag=flag, size=size, folder=folder,
-                                               download=download)
+        download_bar = None
+
+        def downloaded(received: int, expected: int) -> None:
+            nonlocal download_bar
+            if download_bar is None:  # a bar only when something is downloaded
+                download_bar = tqdm(desc=f"{flag} download", total=expected or None, unit="B",
+                                    unit_scale=True, unit_divisor=1024, leave=False, disable=None)
+            download_bar.update(received - download_bar.n)
+
+        try:
+            return services.builtin_dataset_import(flag=flag, size=size, folder=folder,
+                                                   download=download, download_progress=downloaded)
+        finally:
+            if download_bar is not None:
+                download_bar.close()
