@@ -505,7 +505,7 @@ def test_admin_imports_medmnist_from_the_folder_and_downloads_only_when_asked(
     settings.MEDMNIST_IMPORT = ["breastmnist"]
     downloads = []
 
-    def download(flag, size, target, timeout):
+    def download(flag, size, target, timeout, progress=None):
         downloads.append(flag)
         raise services.DatasetImportError(f"could not download {flag}")
 
