@@ -366,7 +366,7 @@ def test_reimporting_a_builtin_never_downloads(admin_client, medmnist_folder, wr
     (medmnist_folder / "breastmnist.npz").unlink()
     downloads = []
 
-    def download(flag, size, target, timeout):
+    def download(flag, size, target, timeout, progress=None):
         downloads.append((flag, size))
         raise services.DatasetImportError("no network in tests")
 
