@@ -88,6 +88,9 @@ def prediction_list_page(request):
     form = PredictionFilterForm(request.GET or None, user=request.user)
     if form.is_bound and not form.is_valid():
         history = Prediction.objects.none()  # the form says why; never everything instead
+        for name in form.errors:  # outlined on the page, and announced as invalid
+            if name in form.fields:
+                form.fields[name].widget.attrs["aria-invalid"] = "true"
     else:
         filters = form.cleaned_data if form.is_bound else {}
         history = selectors.prediction_history(

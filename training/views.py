@@ -162,6 +162,9 @@ def _inference_list(request):
         "jobs": InferenceJob.objects.visible_to(request.user).select_related(
             "model_version", "dataset")[:200],
         "models": models, "errors": errors, "nav": "inference",
+        # A refused form keeps the choices made (a file input cannot be refilled).
+        "chosen": {"model": request.POST.get("model", ""), "split": request.POST.get("split", ""),
+                   "file": getattr(request.FILES.get("file"), "name", "")} if errors else {},
     }, status=400 if errors else 200)
 
 
@@ -172,7 +175,20 @@ def inference_detail(request, pk: int):
     from training.models import InferenceJob
 
     job = get_object_or_404(InferenceJob.objects.visible_to(request.user), pk=pk)
-    return render(request, "training/inference_detail.html", {"job": job, "nav": "inference"})
+    return render(request, "training/inference_detail.html", {
+        "job": job, "nav": "inference", "stopped_phase": _stopped_phase(job),
+    })
+
+
+def _stopped_phase(job) -> str:
+    """Where a failed or cancelled job stopped, as inference_detail.js words it ("" if unknown)."""
+    if job.status not in ("failed", "cancelled"):
+        return ""
+    return {
+        "reading": f"Stopped while reading images: {job.read} of {job.total} read",
+        "predicting": f"Stopped while classifying: {job.done} of {job.total} classified",
+        "writing": "Stopped while writing the results",
+    }.get(job.phase, "")
 
 
 @login_required

@@ -34,6 +34,10 @@
     return (100 * p).toFixed(1) + "%";
   }
 
+  function countImages(n) {
+    return n === 1 ? "1 image" : n + " images";
+  }
+
   function size(bytes) {
     if (bytes < 1024) return bytes + " bytes";
     if (bytes < 1024 * 1024) return (bytes / 1024).toFixed(1) + " KB";
@@ -49,15 +53,35 @@
     return image;
   }
 
+  function tooLargeFiles() {
+    return selected.filter((file) => maxBytes && file.size > maxBytes);
+  }
+
+  function tooLargeMessages(files) {
+    return { images: files.map((file) => file.name + ": the file is " + size(file.size) + "; the limit is " + size(maxBytes) + " per image") };
+  }
+
+  // A new choice replaces the outcome of the previous one: its errors no longer apply. Files that
+  // cannot be sent are said at once, not only once Predict is pressed.
   function setFiles(files) {
     previewUrls.filter((url) => !shownUrls.includes(url)).forEach((url) => URL.revokeObjectURL(url));
     selected = Array.from(files);
     previewUrls = selected.map((file) => URL.createObjectURL(file));
     fileList.innerHTML = "";
+    errors.innerHTML = "";
     selected.forEach((file, i) => {
       fileList.appendChild(el("li", {}, [preview(previewUrls[i], { alt: "" }), el("span", { text: file.name })]));
     });
-    statusLine.textContent = selected.length ? selected.length + " image(s) ready." : "";
+    const tooLarge = tooLargeFiles();
+    if (selected.length > maxFiles) {
+      statusLine.textContent = selected.length + " images chosen; choose at most " + maxFiles + ".";
+      showErrors("At most " + maxFiles + " images can be classified at once.");
+    } else if (tooLarge.length) {
+      statusLine.textContent = (tooLarge.length === 1 ? "1 image is" : tooLarge.length + " images are") + " too large to send; choose smaller ones.";
+      showErrors(tooLargeMessages(tooLarge));
+    } else {
+      statusLine.textContent = selected.length ? countImages(selected.length) + " ready." : "";
+    }
   }
 
   function showErrors(payload) {
@@ -139,10 +163,10 @@
     if (!selected.length) { showErrors("Choose or drop at least one image."); return; }
     if (selected.length > maxFiles) { showErrors("At most " + maxFiles + " images can be classified at once."); return; }
     // Refused here rather than after a long upload; the server checks the same limit.
-    const tooLarge = selected.filter((file) => maxBytes && file.size > maxBytes);
+    const tooLarge = tooLargeFiles();
     if (tooLarge.length) {
       statusLine.textContent = "Not sent; nothing was stored.";
-      showErrors({ images: tooLarge.map((file) => file.name + ": the file is " + size(file.size) + "; the limit is " + size(maxBytes) + " per image") });
+      showErrors(tooLargeMessages(tooLarge));
       return;
     }
     const data = new FormData();
@@ -153,7 +177,7 @@
     const token = form.querySelector("input[name=csrfmiddlewaretoken]").value;
     const previews = previewUrls.slice();
     button.disabled = true;
-    statusLine.textContent = "Classifying " + selected.length + " image(s)…";
+    statusLine.textContent = "Classifying " + countImages(selected.length) + "…";
     let response, payload;
     try {
       response = await fetch(form.dataset.endpoint, {
@@ -172,7 +196,7 @@
       showErrors(payload);
       return;
     }
-    statusLine.textContent = "Classified " + payload.length + " image(s).";
+    statusLine.textContent = "Classified " + countImages(payload.length) + ".";
     results.innerHTML = "";
     shownUrls.filter((url) => !previewUrls.includes(url)).forEach((url) => URL.revokeObjectURL(url));
     shownUrls = previews;

@@ -13,10 +13,17 @@
     writing: () => "Writing the results",
   };
 
+  // Where a failed or cancelled job stopped (its phase is kept): its bar stays where it was.
+  const STOPPED = {
+    reading: (job) => "Stopped while reading images: " + job.read + " of " + job.total + " read",
+    predicting: (job) => "Stopped while classifying: " + job.done + " of " + job.total + " classified",
+    writing: () => "Stopped while writing the results",
+  };
+
   function phaseText(job) {
     if (job.status === "queued") return "Waiting for a worker";
-    if (job.status !== "running") return "";
-    const text = PHASES[job.phase];
+    const text = job.status === "running" ? PHASES[job.phase]
+      : ["failed", "cancelled"].includes(job.status) ? STOPPED[job.phase] : null;
     return text ? text(job) : "";
   }
 
@@ -30,6 +37,7 @@
     $("inf-phase").hidden = !phase;
     const pct = Math.round(job.progress * 100);
     $("inf-progress").setAttribute("aria-valuenow", pct);
+    $("inf-progress").classList.toggle("stopped", ["failed", "cancelled"].includes(job.status));
     document.querySelector("#inf-progress .bar").style.width = pct + "%";
     document.querySelector("#inf-progress .label").textContent = pct + "%";
     $("inf-error").textContent = job.error || "";
@@ -70,11 +78,33 @@
     }
   }
 
+  // Said on the page rather than retried in silence: a job deleted elsewhere (404) is not
+  // coming back, and a page that lost the server shows figures that are no longer live.
   function poll() {
+    const connection = $("inf-connection");
     fetch(root.dataset.url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
       .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
-      .then((job) => { render(job); if (["queued", "running"].includes(job.status)) setTimeout(poll, 1000); })
-      .catch(() => setTimeout(poll, 3000));
+      .then((job) => {
+        connection.textContent = "";
+        render(job);
+        if (["queued", "running"].includes(job.status)) setTimeout(poll, 1000);
+      })
+      .catch((status) => {
+        if (status === 404) {
+          connection.textContent = "This job no longer exists: it was deleted. Its figures above are the last ones seen.";
+          $("inf-phase").hidden = true;
+          $("inf-downloads").hidden = true;
+          $("inference-delete-form").hidden = true;
+          return;
+        }
+        if (status === 401 || status === 403) {
+          connection.textContent = "You are no longer signed in: reload the page and sign in to follow this job.";
+          return;
+        }
+        connection.textContent = (typeof status === "number" ? "The server answered " + status : "The connection to the server was lost")
+          + "; the figures above may be out of date. Trying again…";
+        setTimeout(poll, 3000);
+      });
   }
   poll();
 })();
