@@ -132,8 +132,19 @@ def test_a_user_uploads_a_blood_cell_image_and_sees_its_class_probabilities_and_
     page.screenshot(path=str(screenshots / "prediction-history.png"), full_page=True)
     stored = Path(settings.MEDIA_ROOT) / Prediction.objects.get().image.name
     assert stored.is_file()
+    questions = []
+
+    def answer(dialog, accept):
+        questions.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", lambda dialog: answer(dialog, False))  # Cancel keeps it
+    row.locator("button", has_text="Delete").click()
+    assert Prediction.objects.count() == 1 and row.count() == 1
+    page.once("dialog", lambda dialog: answer(dialog, True))
     with page.expect_navigation():
         row.locator("button", has_text="Delete").click()
+    assert len(questions) == 2 and questions[0].startswith("Delete this prediction of")
     empty = page.locator("#prediction-table tbody tr")
     assert empty.inner_text().startswith("No predictions.")
     assert empty.locator("a").get_attribute("href") == "/classify/"
