@@ -223,7 +223,11 @@ def _summarise(rounds: list[dict]) -> dict:
 def _measure(quick: bool) -> dict:
     cfg = _settings(quick)
     load_at_start = _load()
-    var = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    # Under the project's var/, where a default install keeps its database and uploads. Not in
+    # /tmp: on this machine a file created there costs about 0.4 ms against 0.02 ms elsewhere on
+    # the same disk, a cost the platform (which stores each upload) pays and the bare view not.
+    (ROOT / "var").mkdir(exist_ok=True)
+    var = Path(tempfile.mkdtemp(prefix="bench-serving-", dir=ROOT / "var"))
     env = {**os.environ, "MEDPLATFORM_VAR_DIR": str(var), "DJANGO_SETTINGS_MODULE":
            "medplatform.settings", "MEDMNIST_DIR": str(data_dir()), "DEBUG": "0",
            "ALLOWED_HOSTS": "127.0.0.1", "API_THROTTLE_USER": "1000000/min",
