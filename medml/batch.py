@@ -203,24 +203,24 @@ def read_zip(
             # What the dataset import skips too: hidden files, macOS metadata, Windows thumbnails.
             if info.is_dir() or not parts or dataset_io._is_ignored_member(parts):
                 continue
-            path = PurePosixPath(*parts)
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
+            if PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
                 raise BatchInputError(f"'{info.filename}' is not a PNG, JPEG, BMP or TIFF file")
             # Refused from its declared size: reading it first would expand a zip bomb in memory.
             if info.file_size > max_image_bytes:
                 raise BatchInputError(f"'{info.filename}' has {info.file_size} bytes; the limit "
                                       f"is {max_image_bytes}")
-            members.append((info, path))
+            if len(members) == limits.max_members:  # refused before listing any further
+                raise BatchInputError(
+                    f"archive has more than {limits.max_members} images; the limit is "
+                    f"{limits.max_members}")
+            members.append((info, "/".join(parts)))
         if not members:
             raise BatchInputError("the archive holds no images")
-        if len(members) > limits.max_members:
-            raise BatchInputError(
-                f"archive has {len(members)} images; the limit is {limits.max_members}")
         if sum(info.file_size for info, _ in members) > limits.max_total_bytes:
             raise BatchInputError(f"archive expands past the limit of {limits.max_total_bytes} bytes")
         members.sort(key=lambda member: member[0].filename)
         # Folders from the checked path: some Windows tools write "class\\image.png".
-        labels = _folder_labels([str(path) for _, path in members], class_names)
+        labels = _folder_labels([path for _, path in members], class_names)
         arrays, names, notes = [], [], {}
         for done, (info, _) in enumerate(members, start=1):
             try:
