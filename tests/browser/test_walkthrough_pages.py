@@ -249,3 +249,31 @@ def test_a_refused_batch_form_keeps_the_model_and_split_chosen(page, live_server
     assert page.locator("#id_split").input_value() == "val"
     assert page.locator("#file-again").inner_text() == "ward.npz was not kept: choose it again."
     assert not InferenceJob.objects.exists()
+
+
+# --- decision threshold --------------------------------------------------------------------------
+
+
+def test_a_threshold_set_for_any_target_can_be_chosen_again_and_cleared_from_the_page(
+        page, live_server, login):
+    # Targets set through the API take any value in (0, 1]: the page's field must accept 0.925
+    # (a step of 0.01 made the browser refuse the form, its Clear button included).
+    user = UserFactory(username="tess")
+    breast = DatasetFactory(owner=user, name="Lesions", class_names=["malignant", "benign"],
+                            class_counts={"train": [6, 6], "val": [3, 3], "test": [3, 3]})
+    model = ModelVersionFactory(dataset=breast, owner=user, name="lesions", decision_threshold=0.3,
+                                val_metrics={"operating_point": {
+                                    "target_sensitivity": 0.925, "positive_class": 0,
+                                    "positive_class_name": "malignant", "threshold": 0.3,
+                                    "sensitivity": 0.93, "specificity": 0.8}})
+    login(page, live_server, "tess", PASSWORD)
+    page.goto(f"{live_server.url}/models/{model.pk}/")
+
+    field = page.locator("#id_target")
+    assert field.input_value() == "0.925"
+    assert field.evaluate("input => input.checkValidity()")
+    with page.expect_navigation():
+        page.locator("#threshold button", has_text="Clear").click()
+    assert "predicts the most probable class again" in page.locator(".messages").inner_text()
+    model.refresh_from_db()
+    assert model.decision_threshold is None
