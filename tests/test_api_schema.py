@@ -188,3 +188,41 @@ def test_an_uncaught_error_under_the_api_is_a_json_500(alice, monkeypatch):
     assert response["Content-Type"] == "application/json"
     detail = response.json()["detail"]
     assert "boom" not in detail and re.search(r"server error", detail, re.I)
+
+
+# --- answers against the schema ------------------------------------------------------------------
+
+
+def _json_schema(node):
+    """OpenAPI 3.0's ``nullable`` as JSON Schema's ``null`` type, throughout ``node``."""
+    if isinstance(node, list):
+        return [_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _json_schema(value) for key, value in node.items() if key != "nullable"}
+    if node.get("nullable"):
+        if "type" in converted:
+            converted["type"] = [converted["type"], "null"]
+        else:  # a $ref, an enum or a composition: one of it or null
+            converted = {"anyOf": [converted, {"type": "null"}]}
+    return converted
+
+
+def test_batch_jobs_in_every_phase_answer_as_the_schema_says(api, alice, schema):
+    import jsonschema
+
+    from tests.factories import ModelVersionFactory
+    from training.models import InferenceJob
+
+    model = ModelVersionFactory(owner=alice)
+    component = {"$ref": "#/components/schemas/InferenceJob",
+                 "components": _json_schema(schema["components"])}
+    for phase in ["", *InferenceJob.Phase.values]:
+        job = InferenceJob.objects.create(owner=alice, model_version=model, phase=phase,
+                                          source=InferenceJob.Source.DATASET,
+                                          dataset=model.dataset, split="test")
+        answer = api.get(f"/api/v1/inference-jobs/{job.pk}/").json()
+        jsonschema.validate(answer, component)  # a queued job's phase is "" (blank)
+        listed = api.get("/api/v1/inference-jobs/").json()["results"]
+        for row in listed:
+            jsonschema.validate(row, component)

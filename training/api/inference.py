@@ -22,6 +22,10 @@ class InferenceJobSerializer(serializers.ModelSerializer):
         read_only=True, help_text="Fraction of the whole job done, 0..1: reading the images fills "
                                   "the first half, classifying them the second.")
     input = serializers.CharField(source="input_description", read_only=True)
+    # Blank once the job has succeeded, or before a worker has it.
+    phase = serializers.ChoiceField(choices=InferenceJob.Phase.choices, allow_blank=True,
+                                    read_only=True, help_text="What the job is doing: reading, "
+                                    "predicting or writing; blank before it starts and once done.")
     results_csv_url = serializers.SerializerMethodField()
     results_json_url = serializers.SerializerMethodField()
 
