@@ -1,6 +1,6 @@
 """Live progress of batch inference jobs: reading the input (a zip's images decoded one by one,
-an .npz's images decompressed), then classifying, in the API the job page polls, in the page
-itself, and in a real browser that watches the bar move without a reload."""
+an .npz's images decompressed), then classifying, in the API the job page polls and in the page
+itself (a real browser watching the bar move: tests/browser/test_batch_progress.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from django.utils import timezone
 from PIL import Image
 from rest_framework.test import APIClient
 
@@ -18,8 +17,7 @@ from classifier import services
 from medml import batch as medml_batch
 from medml import infer
 from medml.architectures import build_model
-from tests.browser import conftest as browser_fixtures
-from tests.factories import PASSWORD, ModelVersionFactory, UserFactory, npz_bytes, zip_bytes
+from tests.factories import npz_bytes, zip_bytes
 from training import inference
 from training.models import InferenceJob
 
@@ -28,12 +26,6 @@ JOBS = "/api/v1/inference-jobs/"
 ZIP_IMAGES = 130  # read_zip reports every 64 images: after 64, 128 and 130
 NPZ_IMAGES = 600  # 1.4 MB of pixels: numpy decompresses them 256 KiB at a time
 PREDICT_BATCH = 40
-
-# The Playwright fixtures of the browser tests, for the one browser test here.
-browser = browser_fixtures.browser
-page = browser_fixtures.page
-login = browser_fixtures.login
-
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
@@ -229,47 +221,3 @@ def test_the_job_page_renders_the_phase_and_the_progress_it_has_reached(
     page = client.get(f"/inference/{job.pk}/").content.decode()
     assert '<p id="inf-phase" class="muted">Classifying: 9 of 12</p>' in page
     assert 'aria-valuenow="88"' in page
-
-
-# --- in a real browser ---------------------------------------------------------------------------
-
-
-@pytest.mark.browser
-@pytest.mark.django_db(transaction=True)
-def test_the_job_page_moves_its_bar_through_reading_and_classifying_without_a_reload(
-        page, live_server, login):
-    user = UserFactory(username="vera")
-    model = ModelVersionFactory(owner=user, name="tiny-cnn")
-    job = InferenceJob.objects.create(
-        owner=user, model_version=model, source=InferenceJob.Source.UPLOAD, input_name="ward.zip",
-        total=200, status=Status.RUNNING, phase="reading", read=100, deliveries=1,
-        started_at=timezone.now(), heartbeat_at=timezone.now())
-    login(page, live_server, "vera", PASSWORD)
-    page.goto(f"{live_server.url}/inference/{job.pk}/")
-    page.evaluate("() => { window.sameDocument = true; }")  # a reload would lose the mark
-    label = page.locator("#inf-progress .label")
-    phase = page.locator("#inf-phase")
-    assert label.inner_text() == "25%"
-    assert phase.inner_text() == "Reading images: 100 of 200"
-
-    def shown(percent: int, text: str) -> None:
-        page.wait_for_function(
-            "([pct, text]) => document.querySelector('#inf-progress .label').textContent === pct"
-            " && document.getElementById('inf-phase').textContent === text",
-            arg=[f"{percent}%", text])
-        bar = page.locator("#inf-progress .bar").evaluate("bar => bar.style.width")
-        assert bar == f"{percent}%"
-        assert page.locator("#inf-progress").get_attribute("aria-valuenow") == str(percent)
-
-    InferenceJob.objects.filter(pk=job.pk).update(read=150)
-    shown(38, "Reading images: 150 of 200")
-    InferenceJob.objects.filter(pk=job.pk).update(read=200, phase="predicting", done=100)
-    shown(75, "Classifying: 100 of 200")
-    assert page.locator("#inf-done").inner_text() == "100"
-    InferenceJob.objects.filter(pk=job.pk).update(
-        status=Status.SUCCEEDED, phase="", done=200, finished_at=timezone.now(),
-        summary={"adenoma": 200})
-    page.wait_for_function("() => document.getElementById('inf-status').textContent === 'Succeeded'")
-    assert label.inner_text() == "100%"
-    assert phase.is_hidden()
-    assert page.evaluate("() => window.sameDocument") is True
