@@ -90,6 +90,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="Seconds between training job launches (all users together).")
     parser.add_argument("--inference-interval", type=float, default=10.0,
                         help="Seconds between batch inference job launches (all users together).")
+    parser.add_argument("--launch-weight", type=int, default=1,
+                        help="Task weight of each job launch (default 1, the documented mix; a "
+                             "short run raises it so that launches surely come up).")
     parser.add_argument("--grace", type=float, default=300.0,
                         help="Seconds to wait after the run for launched jobs to finish.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Results file (JSON).")
@@ -657,7 +660,7 @@ def run(args: argparse.Namespace, command: str, var: Path) -> dict:
                  "training_preset": TRAINING["preset"], "training_config": TRAINING["config"],
                  "training_interval_s": args.training_interval,
                  "inference_interval_s": args.inference_interval,
-                 "wait_min_s": 0.5, "wait_max_s": 2.0}
+                 "launch_weight": args.launch_weight, "wait_min_s": 0.5, "wait_max_s": 2.0}
         (var / "load-setup.json").write_text(json.dumps(setup))
         env.update({"LOAD_SETUP": str(var / "load-setup.json"), "LOAD_RECORDS_DIR": str(var / "records")})
         print(f"   running {args.users} users for {seconds:.0f} s against http://127.0.0.1:{port}/",
