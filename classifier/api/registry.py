@@ -99,11 +99,9 @@ class PromoteSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
 
 
-class RollbackSerializer(serializers.Serializer):
-    reason = serializers.CharField(max_length=2000)
+class ReasonSerializer(serializers.Serializer):
+    """An alias change's reason (rollback, removal)."""
 
-
-class AliasRemoveSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000, help_text="Kept in the audit trail.")
 
 
@@ -255,14 +253,14 @@ class DatasetAliasListView(APIView):
 class AliasRollbackView(APIView):
     """Point the alias back at the model it named before its latest promotion. Staff only."""
 
-    @extend_schema(request=RollbackSerializer, responses={
+    @extend_schema(request=ReasonSerializer, responses={
         200: AliasSerializer, 403: OpenApiResponse(description="Not staff"),
         409: OpenApiResponse(description="Nothing to roll back to, or no such alias (never "
                                          "set, or removed: promote a model to set it again)"),
     })
     def post(self, request, pk, alias):
         dataset = selectors.dataset_get_for_user(user=request.user, pk=pk)
-        form = RollbackSerializer(data=request.data)
+        form = ReasonSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         try:
             result = services_registry.model_alias_rollback(
@@ -285,14 +283,14 @@ class AliasRemoveView(APIView):
     rolled back; promoting a model sets it again, with no rollback past the removal.
     """
 
-    @extend_schema(request=AliasRemoveSerializer, responses={
+    @extend_schema(request=ReasonSerializer, responses={
         200: AliasChangeSerializer, 403: OpenApiResponse(description="Not staff"),
         404: OpenApiResponse(description="No such dataset visible to you, or the dataset has "
                                          "no such alias (never had, or it was removed)"),
     })
     def post(self, request, pk, alias):
         dataset = selectors.dataset_get_for_user(user=request.user, pk=pk)
-        form = AliasRemoveSerializer(data=request.data)
+        form = ReasonSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         try:
             change = services_registry.model_alias_remove(
