@@ -127,10 +127,6 @@ def inference_job_submit(
     return job, True
 
 
-class InferenceJobStateError(Exception):
-    """The job cannot do that in its current state."""
-
-
 def inference_job_delete(*, job: InferenceJob) -> None:
     """Delete a batch job and, once that is committed, its uploaded input and results.
 
