@@ -382,9 +382,7 @@ def model_alias_rollback(*, dataset, alias: str, user, reason: str) -> ModelAlia
     _require_staff(user)
     reason = _clean_reason(reason)
     with transaction.atomic():
-        current = ModelAlias.objects.select_for_update().filter(dataset=dataset, name=alias).first()
-        if current is None:
-            raise AliasNotFoundError(_missing_alias(dataset, alias))
+        current = _locked_alias(dataset, alias)
         stack = selectors_registry.alias_stack(alias=current)
         if len(stack) < 2:
             raise AliasError(f"{alias} of {dataset} has no earlier model to roll back to")
@@ -402,6 +400,18 @@ def model_alias_rollback(*, dataset, alias: str, user, reason: str) -> ModelAlia
             from_version=previous, to_version=target, user=user, reason=reason,
         )
     logger.info("%s rolled %s of %s back to %s", user, alias, dataset, target)
+    return current
+
+
+def _locked_alias(dataset, alias: str) -> ModelAlias:
+    """The alias row, locked for the rest of the transaction.
+
+    Raises:
+        AliasNotFoundError: when the dataset has no such alias (saying when it was removed).
+    """
+    current = ModelAlias.objects.select_for_update().filter(dataset=dataset, name=alias).first()
+    if current is None:
+        raise AliasNotFoundError(_missing_alias(dataset, alias))
     return current
 
 
@@ -438,9 +448,7 @@ def model_alias_remove(*, dataset, alias: str, user, reason: str) -> ModelAliasC
     _require_staff(user)
     reason = _clean_reason(reason)
     with transaction.atomic():
-        current = ModelAlias.objects.select_for_update().filter(dataset=dataset, name=alias).first()
-        if current is None:
-            raise AliasNotFoundError(_missing_alias(dataset, alias))
+        current = _locked_alias(dataset, alias)
         change = ModelAliasChange.objects.create(
             alias=current, alias_name=alias, dataset=dataset,
             action=ModelAliasChange.Action.REMOVE, from_version=current.model_version,
